@@ -1,0 +1,142 @@
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, ErrorKind};
+
+use fleet_messages::names;
+
+use super::{ConnectionConfig, connection, headers};
+use crate::dead_letter::dead_letter_id;
+use crate::{BrokerError, DeadLetter};
+
+/// Reads up to `limit` dead letters without removing or reordering them:
+/// they are fetched unacknowledged on a connection of their own, and closing
+/// it puts every one back at its original position.
+pub(crate) async fn peek(
+    config: &ConnectionConfig,
+    worker: &str,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, BrokerError> {
+    let queue = names::dead_letter_queue(&config.namespace, worker);
+    let connection = connection::open(config, "dlq-peek").await?;
+    let result = async {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|error| BrokerError::rabbitmq("opening a channel", error))?;
+        let mut letters = Vec::new();
+        while letters.len() < limit {
+            let message = channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(|error| not_found_or(error, &queue))?;
+            let Some(message) = message else { break };
+            letters.push(dead_letter(letters.len(), &message.delivery, worker));
+        }
+        Ok(letters)
+    }
+    .await;
+    // Unacknowledged messages go back when the connection closes.
+    let _ = connection.close(200, "peek done".into()).await;
+    result
+}
+
+/// The number of messages in `worker`'s dead-letter queue; 0 when it does
+/// not exist (the worker never ran).
+pub(crate) async fn depth(
+    channel: &Channel,
+    namespace: &fleet_messages::Namespace,
+    worker: &str,
+) -> Result<u64, BrokerError> {
+    let queue = names::dead_letter_queue(namespace, worker);
+    let declared = channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    let depth = match declared {
+        Ok(declared) => Ok(u64::from(declared.message_count())),
+        Err(error) if is_not_found(&error) => Ok(0),
+        Err(error) => Err(BrokerError::rabbitmq(&format!("inspecting {queue}"), error)),
+    };
+    let _ = channel.close(200, "done".into()).await;
+    depth
+}
+
+pub(crate) fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::ProtocolError(protocol) if protocol.get_id() == 404
+    )
+}
+
+fn not_found_or(error: lapin::Error, queue: &str) -> BrokerError {
+    if is_not_found(&error) {
+        BrokerError::Refused {
+            transport: "rabbitmq",
+            operation: format!("reading {queue}"),
+            reason: "the queue does not exist".to_owned(),
+        }
+    } else {
+        BrokerError::rabbitmq(&format!("reading {queue}"), error)
+    }
+}
+
+pub(crate) fn dead_letter(
+    position: usize,
+    delivery: &lapin::message::Delivery,
+    worker: &str,
+) -> DeadLetter {
+    let properties = &delivery.properties;
+    let table = properties.headers().as_ref();
+    let message_id = properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned());
+    // Dead-lettered by the broker itself (delivery limit) rather than by a
+    // worker: the reason is in the x-death headers.
+    let broker_reason = headers::text(table, "x-first-death-reason");
+    let error_kind = headers::text(table, headers::ERROR_KIND)
+        .or_else(|| broker_reason.clone())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let error = headers::text(table, headers::ERROR).unwrap_or_else(|| match &broker_reason {
+        Some(reason) => format!("dead-lettered by RabbitMQ: {reason}"),
+        None => String::new(),
+    });
+    let time = |key: &str| {
+        headers::text(table, key)
+            .and_then(|text| chrono::DateTime::parse_from_rfc3339(&text).ok())
+            .map(|time| time.with_timezone(&chrono::Utc))
+    };
+    DeadLetter {
+        id: dead_letter_id(message_id.as_deref(), &delivery.data),
+        position: position.to_string(),
+        body: delivery.data.clone(),
+        source: headers::text(table, headers::SOURCE)
+            .or_else(|| {
+                properties
+                    .kind()
+                    .as_ref()
+                    .map(|kind| kind.as_str().to_owned())
+            })
+            .unwrap_or_else(|| delivery.routing_key.as_str().to_owned()),
+        worker: headers::text(table, headers::WORKER).unwrap_or_else(|| worker.to_owned()),
+        error_kind,
+        error,
+        attempts: headers::number(table, headers::ATTEMPTS)
+            .or_else(|| headers::number(table, headers::DELIVERY_COUNT))
+            .and_then(|attempts| u32::try_from(attempts).ok())
+            .unwrap_or(0),
+        first_failed_at: time(headers::FIRST_FAILED_AT),
+        last_failed_at: time(headers::LAST_FAILED_AT),
+        replica: headers::text(table, headers::REPLICA),
+        replays: headers::number(table, headers::REPLAYS)
+            .and_then(|replays| u32::try_from(replays).ok())
+            .unwrap_or(0),
+        headers: headers::as_text(table),
+    }
+}

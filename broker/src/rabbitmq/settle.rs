@@ -1,0 +1,131 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::types::FieldTable;
+use lapin::{Acker, BasicProperties, Channel};
+
+use super::headers;
+use super::publish::outcome;
+use super::topology::{DEAD_KEY, tier_key};
+use crate::{BrokerError, DeliveryInfo, Failure, PublishOutcome};
+
+/// Settles one RabbitMQ delivery. Retries and dead letters are published on
+/// the consumer's own confirm-mode channel and acknowledged only after the
+/// broker confirmed them; if that fails, the delivery is requeued instead,
+/// so it is never lost (and a message that keeps failing this way reaches
+/// the queue's delivery limit and is dead-lettered by the broker).
+pub struct Settler {
+    pub(crate) acker: Acker,
+    pub(crate) channel: Channel,
+    pub(crate) retry_exchange: Arc<str>,
+    pub(crate) retry_delays: Arc<[Duration]>,
+    pub(crate) properties: BasicProperties,
+}
+
+impl fmt::Debug for Settler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settler")
+            .field("retry_exchange", &self.retry_exchange)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settler {
+    pub(crate) async fn ack(self) -> Result<(), BrokerError> {
+        self.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|error| settle_error(&self.properties, format!("ack failed: {error}")))
+    }
+
+    pub(crate) async fn retry(
+        self,
+        body: &[u8],
+        info: &DeliveryInfo,
+        after: Duration,
+        failure: &Failure,
+    ) -> Result<(), BrokerError> {
+        let delay = crate::topology::tier_delay(&self.retry_delays, after);
+        let mut headers = headers::carried(self.properties.headers().as_ref());
+        headers::put_failure(&mut headers, &info.source, failure, info.replays);
+        self.republish_then_ack(&tier_key(delay), body, headers)
+            .await
+    }
+
+    pub(crate) async fn dead_letter(
+        self,
+        body: &[u8],
+        info: &DeliveryInfo,
+        kind: &str,
+        failure: &Failure,
+    ) -> Result<(), BrokerError> {
+        let mut headers = headers::carried(self.properties.headers().as_ref());
+        headers::put_failure(&mut headers, &info.source, failure, info.replays);
+        headers::put_text(&mut headers, headers::ERROR_KIND, kind);
+        headers::put_text(&mut headers, headers::WORKER, &info.worker);
+        headers::put_text(&mut headers, headers::REPLICA, &info.replica);
+        self.republish_then_ack(DEAD_KEY, body, headers).await
+    }
+
+    async fn republish_then_ack(
+        self,
+        routing_key: &str,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> Result<(), BrokerError> {
+        let properties = self.properties.clone().with_headers(headers);
+        let confirmed = match self
+            .channel
+            .basic_publish(
+                self.retry_exchange.as_ref().into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                body,
+                properties,
+            )
+            .await
+        {
+            Ok(confirm) => match confirm.await {
+                Ok(confirmation) => outcome(confirmation),
+                Err(error) => PublishOutcome::Failed(error.to_string()),
+            },
+            Err(error) => PublishOutcome::Failed(error.to_string()),
+        };
+        if confirmed != PublishOutcome::Confirmed {
+            // Put the original back rather than leave it unacknowledged on a
+            // live channel, where it would sit until the channel closes.
+            let _ = self
+                .acker
+                .nack(BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                })
+                .await;
+            return Err(settle_error(
+                &self.properties,
+                format!(
+                    "publishing to {} with key {routing_key}: {confirmed:?}",
+                    self.retry_exchange
+                ),
+            ));
+        }
+        self.ack().await
+    }
+}
+
+fn settle_error(properties: &BasicProperties, reason: String) -> BrokerError {
+    BrokerError::Settle {
+        delivery: properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_else(|| "<no message id>".to_owned()),
+        reason,
+    }
+}
