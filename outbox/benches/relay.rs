@@ -1,0 +1,250 @@
+//! Relay throughput and commit-to-published latency, beside a plain confirmed
+//! publish of the same events through the same broker, in one run.
+//!
+//! ```text
+//! cargo bench -p fleet-outbox --bench relay              # RabbitMQ
+//! BENCH_TRANSPORT=redis cargo bench -p fleet-outbox --bench relay
+//! ```
+//!
+//! Uses `DATABASE_URL` (a database it may create others from), `AMQP_URL`,
+//! `REDIS_URL` (local defaults), a fresh database and namespace, and removes
+//! both at the end.
+
+// Printing the figures is this binary's job.
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use fleet_broker::{Broker, OutgoingMessage, WorkerTopology};
+use fleet_config::Environment;
+use fleet_messages::{Envelope, EventData, StockReleased};
+use fleet_outbox::{Relay, RelayOptions, Schema};
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const BACKLOG: usize = 20_000;
+const OFFERED_RATE: u64 = 1_000;
+const OFFERED_SECONDS: u64 = 10;
+
+fn events(count: usize) -> Vec<Envelope> {
+    (0..count)
+        .map(|_| {
+            let order_id = Uuid::now_v7();
+            Envelope::new(
+                "bench",
+                EventData::from(StockReleased { order_id }),
+                order_id,
+                None,
+            )
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let transport = std::env::var("BENCH_TRANSPORT").unwrap_or_else(|_| "rabbitmq".to_owned());
+    let admin_url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let database = format!("fleet_bench_{stamp}");
+    let namespace = format!("bench{stamp}");
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .context("DATABASE_URL")?;
+    admin
+        .execute(AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        .await?;
+    let mut database_url = url::Url::parse(&admin_url)?;
+    database_url.set_path(&database);
+
+    let mut env = Environment::default()
+        .with("DATABASE_URL", database_url.as_str())
+        .with("FLEET__TRANSPORT", transport.as_str())
+        .with("FLEET__NAMESPACE", namespace.as_str())
+        .with("FLEET__WORKER__PREFETCH", "1000")
+        .with("FLEET__WORKER__CONCURRENCY", "1");
+    for key in ["AMQP_URL", "REDIS_URL"] {
+        if let Ok(value) = std::env::var(key) {
+            env = env.with(key, value);
+        }
+    }
+    let settings = fleet_config::load("relay-bench", &env)?;
+    let result = run(&settings).await;
+
+    admin
+        .execute(AssertSqlSafe(format!(
+            "DROP DATABASE {database} WITH (FORCE)"
+        )))
+        .await?;
+    result
+}
+
+async fn run(settings: &fleet_config::Settings) -> anyhow::Result<()> {
+    let schema = Schema::new("bench")?;
+    let pool = fleet_outbox::connect(&settings.database, &schema).await?;
+    fleet_outbox::migrate(&pool, &schema, &[]).await?;
+    let broker = Broker::connect(settings, "bench").await?;
+    broker.declare_events().await?;
+    // A bound queue, so publishes are routable (and then discarded).
+    let sink = WorkerTopology {
+        worker: "sink".to_owned(),
+        event_types: vec!["stock.released".to_owned()],
+        retry_delays: vec![Duration::from_secs(1)],
+        delivery_limit: 5,
+    };
+    broker.declare_worker(&sink).await?;
+    let options = RelayOptions::from(&settings.outbox);
+    println!(
+        "outbox relay bench: {} via {}, batch {}, poll {} ms",
+        settings.transport,
+        settings.namespace,
+        options.batch_size,
+        options.poll_interval.as_millis()
+    );
+
+    // 1. Plain confirmed publish of the same events, no database.
+    let plain: Vec<OutgoingMessage> = events(BACKLOG)
+        .iter()
+        .map(OutgoingMessage::from_envelope)
+        .collect();
+    let started = Instant::now();
+    for chunk in plain.chunks(options.batch_size as usize) {
+        let outcomes = broker.publish_batch(chunk).await?;
+        anyhow::ensure!(
+            outcomes.iter().all(|outcome| outcome.is_confirmed()),
+            "unconfirmed publish"
+        );
+    }
+    let plain_rate = BACKLOG as f64 / started.elapsed().as_secs_f64();
+
+    // 2. One relay draining a committed backlog.
+    for chunk in events(BACKLOG).chunks(1000) {
+        let mut transaction = pool.begin().await?;
+        fleet_outbox::enqueue(&mut transaction, chunk).await?;
+        transaction.commit().await?;
+    }
+    let mut relay = Relay::new(
+        pool.clone(),
+        broker.clone(),
+        schema.clone(),
+        options.clone(),
+    );
+    let started = Instant::now();
+    let mut published = 0;
+    while published < BACKLOG {
+        published += relay.publish_batch().await.context("relay batch")?;
+    }
+    let relay_rate = BACKLOG as f64 / started.elapsed().as_secs_f64();
+
+    // 3. Latency under an offered load: one event per transaction, paced.
+    sqlx::query("DELETE FROM outbox").execute(&pool).await?;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(
+        Relay::new(
+            pool.clone(),
+            broker.clone(),
+            schema.clone(),
+            options.clone(),
+        )
+        .run(shutdown.clone()),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let total = OFFERED_RATE * OFFERED_SECONDS;
+    let interval = Duration::from_secs(1) / u32::try_from(OFFERED_RATE)?;
+    let start = tokio::time::Instant::now();
+    let mut writers = tokio::task::JoinSet::new();
+    for n in 0..total {
+        tokio::time::sleep_until(start + interval * u32::try_from(n)?).await;
+        let pool = pool.clone();
+        writers.spawn(async move {
+            let event = events(1);
+            let mut transaction = pool.begin().await?;
+            fleet_outbox::enqueue(&mut transaction, &event).await?;
+            transaction.commit().await?;
+            anyhow::Ok(())
+        });
+        while writers.try_join_next().is_some() {}
+    }
+    while let Some(written) = writers.join_next().await {
+        written??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&pool)
+                .await?;
+        if pending == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (p50, p99, max): (f64, f64, f64) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY ms),
+                max(ms)
+         FROM (SELECT (extract(epoch FROM published_at - created_at) * 1000)::float8 AS ms
+               FROM outbox WHERE published_at IS NOT NULL) AS latency",
+    )
+    .fetch_one(&pool)
+    .await?;
+
+    // 4. Idle: statements the relay runs per poll interval with nothing to do.
+    // Postgres 15 backends flush their statistics up to 10 s after going
+    // idle: wait, or the writers' commits land in the measured window.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let idle = Duration::from_secs(5);
+    let before = relay_statements(&pool).await?;
+    tokio::time::sleep(idle).await;
+    // Minus the two statements of the first reading itself.
+    let after = relay_statements(&pool).await? - 2;
+    shutdown.cancel();
+    running.await??;
+    let polls = idle.as_secs_f64() / options.poll_interval.as_secs_f64();
+
+    println!();
+    println!("{:<58} {:>12}", "measurement", "figure");
+    println!("{}", "-".repeat(71));
+    println!(
+        "{:<58} {:>8.0} msg/s",
+        "plain confirmed publish (Broker::publish_batch, no DB)", plain_rate
+    );
+    println!(
+        "{:<58} {:>8.0} msg/s  ({:.0}% of plain; target >= 80%)",
+        "one relay draining a 20,000-row backlog",
+        relay_rate,
+        100.0 * relay_rate / plain_rate
+    );
+    println!(
+        "{:<58} p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms  (targets 5 / 25 ms)",
+        format!("commit-to-published at {OFFERED_RATE} events/s, {OFFERED_SECONDS} s"),
+    );
+    println!(
+        "{:<58} {:>8.2} per poll interval ({} in {} s; target <= 1)",
+        "idle relay transactions",
+        (after - before) as f64 / polls,
+        after - before,
+        idle.as_secs()
+    );
+    broker.delete_worker(&sink).await.ok();
+    Ok(())
+}
+
+/// Transactions committed in the bench database so far.
+async fn relay_statements(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    // pg_stat_activity has no counter; xact_commit of the database counts
+    // every session, and this bench's only other session is this query.
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(pool)
+        .await?;
+    let commits: i64 = sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(commits)
+}

@@ -1,0 +1,34 @@
+//! Reliable publishing and idempotent consuming on Postgres.
+//!
+//! - [`schema`]: a worker's own Postgres schema, its connection pool (every
+//!   connection's `search_path` is the schema) and migrations that every
+//!   replica may run at start-up at the same time.
+//! - [`enqueue`]: writes events into the outbox **inside the caller's
+//!   transaction**, so nothing reaches the broker unless that transaction
+//!   commits. It wakes a sleeping relay with a coalesced `NOTIFY`.
+//! - [`Relay`]: run by every replica. Claims unpublished rows with
+//!   `FOR UPDATE SKIP LOCKED` (so relays share the table without publishing a
+//!   row twice at once), publishes them with pipelined confirms, and marks
+//!   them published. A crash between publish and mark gives a duplicate,
+//!   which the inbox absorbs. Rows the broker refuses are retried with
+//!   backoff, then parked with their error.
+//! - [`inbox::claim`]: records an event id as handled inside the handler's
+//!   transaction; a duplicate is reported so the runtime acknowledges it
+//!   without effect.
+//! - [`Retention`]: deletes published outbox rows and old inbox entries in
+//!   small batches, never one unbounded `DELETE`.
+//! - [`metrics`]: what operators watch (backlog, relay lag, parked rows,
+//!   duplicates).
+
+mod enqueue;
+pub mod inbox;
+pub mod metrics;
+mod relay;
+mod retention;
+pub mod schema;
+
+pub use enqueue::enqueue;
+pub use inbox::{Claim, claim};
+pub use relay::{Relay, RelayError, RelayOptions, RelayStatus};
+pub use retention::{Retention, RetentionOptions, Swept};
+pub use schema::{Schema, connect, migrate, migration};
