@@ -1,0 +1,197 @@
+//! inventory-worker: reserves stock all-or-nothing for `order.placed`, and
+//! releases it again on `payment.declined` (the saga's compensation).
+//!
+//! SKU rows are locked in SKU order, so two reservations over the same SKUs
+//! never deadlock; a reservation row per order makes redeliveries harmless.
+
+use std::collections::BTreeMap;
+
+use sqlx::PgConnection;
+use sqlx::migrate::Migration;
+
+use fleet_config::Settings;
+use fleet_messages::{
+    Envelope, EventData, OrderPlaced, StockRejected, StockRejectionReason, StockReleased,
+    StockReserved, Worker,
+};
+
+use crate::handler::{Handler, HandlerError};
+
+#[derive(Debug)]
+pub struct InventoryWorker {
+    seed: BTreeMap<String, i64>,
+}
+
+impl Handler for InventoryWorker {
+    const WORKER: Worker = Worker::Inventory;
+
+    fn from_settings(settings: &Settings) -> Self {
+        Self {
+            seed: settings.inventory.seed.clone(),
+        }
+    }
+
+    fn migrations() -> Vec<Migration> {
+        vec![fleet_outbox::migration(
+            100,
+            "stock",
+            include_str!("../migrations/inventory/100_stock.sql"),
+        )]
+    }
+
+    /// Seeds SKUs that are not stocked yet; existing stock is never reset,
+    /// so a restart (or a replica starting late) keeps what was reserved.
+    async fn prepare(&self, pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+        let skus: Vec<&str> = self.seed.keys().map(String::as_str).collect();
+        let quantities: Vec<i64> = self.seed.values().copied().collect();
+        sqlx::query(
+            "INSERT INTO stock (sku, initial, available)
+             SELECT sku, quantity, quantity FROM UNNEST($1::text[], $2::bigint[]) AS s(sku, quantity)
+             ON CONFLICT (sku) DO NOTHING",
+        )
+        .bind(&skus)
+        .bind(&quantities)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        transaction: &mut PgConnection,
+        event: &Envelope,
+    ) -> Result<Vec<Envelope>, HandlerError> {
+        let source = Self::WORKER.name();
+        let data = match &event.data {
+            EventData::OrderPlaced(placed) => reserve(transaction, placed).await?,
+            EventData::PaymentDeclined(declined) => release(transaction, declined.order_id).await?,
+            other => {
+                return Err(HandlerError::permanent(
+                    "unexpected_type",
+                    format!("inventory-worker does not handle {}", other.event_type()),
+                ));
+            }
+        };
+        Ok(data
+            .into_iter()
+            .map(|data| Envelope::caused_by(event, source, data))
+            .collect())
+    }
+}
+
+async fn reserve(
+    transaction: &mut PgConnection,
+    placed: &OrderPlaced,
+) -> Result<Option<EventData>, HandlerError> {
+    let claimed = sqlx::query(
+        "INSERT INTO reservations (order_id, status) VALUES ($1, 'reserved') ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(placed.order_id)
+    .execute(&mut *transaction)
+    .await?
+    .rows_affected();
+    if claimed == 0 {
+        tracing::info!(order_id = %placed.order_id, "order already reserved or rejected; nothing to do");
+        return Ok(None);
+    }
+
+    // One line per SKU, even if the order lists a SKU twice.
+    let mut wanted: BTreeMap<&str, i64> = BTreeMap::new();
+    for item in &placed.items {
+        *wanted.entry(item.sku.as_str()).or_default() += i64::from(item.quantity);
+    }
+    let skus: Vec<&str> = wanted.keys().copied().collect();
+    let stocked: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT sku, available FROM stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+    )
+    .bind(&skus)
+    .fetch_all(&mut *transaction)
+    .await?
+    .into_iter()
+    .collect();
+
+    let shortfall = wanted
+        .iter()
+        .find_map(|(sku, quantity)| match stocked.get(*sku) {
+            None => Some((StockRejectionReason::UnknownSku, *sku)),
+            Some(available) if available < quantity => {
+                Some((StockRejectionReason::InsufficientStock, *sku))
+            }
+            Some(_) => None,
+        });
+    if let Some((reason, sku)) = shortfall {
+        sqlx::query("UPDATE reservations SET status = 'rejected', reason = $2 WHERE order_id = $1")
+            .bind(placed.order_id)
+            .bind(reason.as_str())
+            .execute(&mut *transaction)
+            .await?;
+        return Ok(Some(EventData::from(StockRejected {
+            order_id: placed.order_id,
+            reason,
+            sku: sku.to_owned(),
+        })));
+    }
+
+    let quantities: Vec<i64> = wanted.values().copied().collect();
+    sqlx::query(
+        "UPDATE stock SET available = stock.available - w.quantity
+         FROM UNNEST($1::text[], $2::bigint[]) AS w(sku, quantity) WHERE stock.sku = w.sku",
+    )
+    .bind(&skus)
+    .bind(&quantities)
+    .execute(&mut *transaction)
+    .await?;
+    sqlx::query(
+        "INSERT INTO reservation_lines (order_id, sku, quantity)
+         SELECT $1, sku, quantity FROM UNNEST($2::text[], $3::bigint[]) AS w(sku, quantity)",
+    )
+    .bind(placed.order_id)
+    .bind(&skus)
+    .bind(&quantities)
+    .execute(&mut *transaction)
+    .await?;
+    Ok(Some(EventData::from(StockReserved {
+        order_id: placed.order_id,
+        customer_id: placed.customer_id.clone(),
+        items: placed.items.clone(),
+        total_cents: placed.total_cents,
+    })))
+}
+
+/// Gives a declined order's stock back, once.
+async fn release(
+    transaction: &mut PgConnection,
+    order_id: uuid::Uuid,
+) -> Result<Option<EventData>, HandlerError> {
+    let released = sqlx::query(
+        "UPDATE reservations SET status = 'released', updated_at = now()
+         WHERE order_id = $1 AND status = 'reserved'",
+    )
+    .bind(order_id)
+    .execute(&mut *transaction)
+    .await?
+    .rows_affected();
+    if released == 0 {
+        let known: Option<(String,)> =
+            sqlx::query_as("SELECT status FROM reservations WHERE order_id = $1")
+                .bind(order_id)
+                .fetch_optional(&mut *transaction)
+                .await?;
+        return match known {
+            Some(_) => Ok(None),
+            None => Err(HandlerError::permanent(
+                "unknown_reservation",
+                format!("payment declined for order {order_id}, which has no reservation"),
+            )),
+        };
+    }
+    sqlx::query(
+        "UPDATE stock SET available = stock.available + l.quantity
+         FROM (SELECT sku, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY sku) AS l
+         WHERE stock.sku = l.sku",
+    )
+    .bind(order_id)
+    .execute(&mut *transaction)
+    .await?;
+    Ok(Some(EventData::from(StockReleased { order_id })))
+}

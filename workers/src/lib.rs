@@ -1,0 +1,39 @@
+//! The worker runtime and the four saga workers.
+//!
+//! Every worker is a [`Handler`] (its business logic) run by the same
+//! [`runtime`]:
+//!
+//! 1. consume a delivery ([`fleet_broker::Consumer`]);
+//! 2. decode it; poison is dead-lettered at once ([`process`]);
+//! 3. begin a transaction, claim the event id in the inbox (a duplicate is
+//!    acknowledged without effect);
+//! 4. run the handler: its state change, plus the events it emits, written to
+//!    the outbox in the same transaction;
+//! 5. commit, and only then acknowledge. A transient failure is retried after
+//!    the configured delay tiers and dead-lettered when the attempts run out;
+//!    a permanent one is dead-lettered at once; a panic is caught and counted
+//!    as a failure.
+//!
+//! Beside the consume loop each replica runs the outbox relay, retention and
+//! the HTTP endpoints (`/healthz`, `/readyz`, `/metrics`). SIGTERM drains:
+//! stop consuming, finish in-flight work, let the relay flush, exit 0.
+//!
+//! The workers: [`order`] (the state machine), [`inventory`] (reservations and
+//! their compensation), [`payment`] (per-customer credit), [`notification`]
+//! (one notification per terminal order). [`loadgen`] drives them.
+
+pub mod handler;
+mod http;
+pub mod inventory;
+pub mod loadgen;
+pub mod metrics;
+pub mod notification;
+pub mod order;
+pub mod payment;
+mod process;
+pub mod runtime;
+mod shutdown;
+pub mod telemetry;
+
+pub use handler::{Handler, HandlerError};
+pub use runtime::{RunningWorker, start};

@@ -1,0 +1,258 @@
+//! Running one worker replica: start-up, the consume loop with bounded
+//! concurrency, and a graceful shutdown that loses nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use backon::{ExponentialBuilder, Retryable};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use fleet_broker::{Broker, Consumer, WorkerTopology};
+use fleet_config::Settings;
+use fleet_outbox::{Relay, RelayOptions, Retention, RetentionOptions, Schema};
+
+use crate::handler::Handler;
+use crate::http;
+use crate::process::Processor;
+
+/// A replica that is running; [`RunningWorker::stop`] drains it.
+#[derive(Debug)]
+pub struct RunningWorker {
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub http_addr: SocketAddr,
+    /// This replica's name in the broker and in dead letters.
+    pub replica: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningWorker {
+    /// Graceful stop: stop consuming, finish in-flight work (within the
+    /// shutdown timeout), flush the relay, close connections.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await.context("worker task panicked")?
+    }
+
+    /// Waits until the worker ends by itself (it only does on a fatal error).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.task).await.context("worker task panicked")?
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// How long start-up waits for Postgres and the broker: about a minute.
+fn startup_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(200))
+        .with_max_delay(std::time::Duration::from_secs(5))
+        .with_total_delay(Some(std::time::Duration::from_secs(60)))
+        .without_max_times()
+        .with_jitter()
+}
+
+/// A name for this process: host, pid and a random suffix, so that restarts
+/// and replicas on one host never share a consumer name.
+pub fn replica_id(worker: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|host| host.trim().to_owned())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let suffix: u32 = rand::random::<u32>() % 0x10000;
+    format!("{worker}@{host}-{}-{suffix:04x}", std::process::id())
+}
+
+/// Starts a replica of `H`: migrates its schema, connects, declares its
+/// topology, and runs the consume loop, the relay, retention and the HTTP
+/// endpoints until stopped.
+pub async fn start<H: Handler>(
+    settings: Settings,
+    replica: String,
+) -> anyhow::Result<RunningWorker> {
+    let worker = H::WORKER.name();
+    let schema = Schema::for_worker(worker).context("worker schema name")?;
+    // Dependencies may come up after the worker (compose, Kubernetes): wait
+    // for them with backoff rather than crash-loop.
+    let pool = (|| fleet_outbox::connect(&settings.database, &schema))
+        .retry(startup_backoff())
+        .when(crate::handler::is_transient)
+        .notify(|error, delay| warn!(%error, ?delay, "Postgres not reachable yet; retrying"))
+        .await
+        .with_context(|| format!("connecting to Postgres at {}", settings.database.url))?;
+    fleet_outbox::migrate(&pool, &schema, &H::migrations())
+        .await
+        .with_context(|| format!("migrating schema {schema}"))?;
+    let handler = H::from_settings(&settings);
+    handler
+        .prepare(&pool)
+        .await
+        .context("preparing the worker's state")?;
+
+    let broker = (|| Broker::connect(&settings, &replica))
+        .retry(startup_backoff())
+        .when(fleet_broker::BrokerError::is_transient)
+        .notify(|error, delay| warn!(%error, ?delay, "broker not reachable yet; retrying"))
+        .await
+        .with_context(|| format!("connecting to {}", settings.transport))?;
+    broker
+        .declare_events()
+        .await
+        .context("declaring the events exchange")?;
+    let topology = WorkerTopology::for_worker(H::WORKER, &settings.retry);
+    let consumer = broker
+        .consume(&topology)
+        .await
+        .with_context(|| format!("consuming as {worker}"))?;
+
+    let shutdown = CancellationToken::new();
+    let relay = Relay::new(
+        pool.clone(),
+        broker.clone(),
+        schema.clone(),
+        RelayOptions::from(&settings.outbox),
+    );
+    let relay_status = relay.status();
+    let http = http::serve(
+        &settings.http,
+        http::State {
+            broker: broker.clone(),
+            pool: pool.clone(),
+            relay: relay_status,
+            max_relay_lag: settings.worker.max_relay_lag(),
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    info!(worker, %replica, http = %http.addr, transport = %settings.transport, "worker started");
+
+    let processor = Arc::new(Processor {
+        handler,
+        pool: pool.clone(),
+        retry: settings.retry.clone(),
+        max_event_bytes: settings.limits.max_event_bytes,
+    });
+    let task = {
+        let shutdown = shutdown.clone();
+        let retention = Retention::new(pool.clone(), schema, RetentionOptions::from(&settings));
+        tokio::spawn(async move {
+            let background = CancellationToken::new();
+            let relay_task = tokio::spawn(relay.run(background.clone()));
+            let retention_task = tokio::spawn(retention.run(background.clone()));
+            consume(processor, consumer, &settings, shutdown).await;
+            // In-flight work is committed; let the relay publish what it
+            // wrote before the process goes.
+            background.cancel();
+            if let Ok(Err(error)) = relay_task.await {
+                warn!(%error, "outbox relay ended with an error");
+            }
+            let _ = retention_task.await;
+            http.task.await.ok();
+            pool.close().await;
+            info!(worker, "worker stopped");
+            Ok(())
+        })
+    };
+    Ok(RunningWorker {
+        http_addr: http.addr,
+        replica,
+        shutdown,
+        task,
+    })
+}
+
+/// Takes deliveries and processes up to `worker.concurrency` at once. On
+/// shutdown: stop fetching, process what was already fetched, wait for
+/// in-flight work (up to `worker.shutdown_timeout_ms`), then close. Anything
+/// unfinished by then was never acknowledged, so the broker delivers it again.
+async fn consume<H: Handler>(
+    processor: Arc<Processor<H>>,
+    mut consumer: Consumer,
+    settings: &Settings,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(settings.worker.concurrency));
+    let mut in_flight = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            next = consumer.next() => {
+                let Some(delivery) = next else { break };
+                let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                let processor = processor.clone();
+                in_flight.spawn(async move {
+                    processor.process(delivery).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    consumer.stop();
+    let deadline = tokio::time::Instant::now() + settings.worker.shutdown_timeout();
+    // Already fetched: handle rather than strand them.
+    while let Ok(Some(delivery)) = tokio::time::timeout_at(deadline, consumer.next()).await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let processor = processor.clone();
+        in_flight.spawn(async move {
+            processor.process(delivery).await;
+            drop(permit);
+        });
+    }
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, in_flight.join_next()).await {}
+    if !in_flight.is_empty() {
+        warn!(
+            abandoned = in_flight.len(),
+            "shutdown timeout reached; unfinished deliveries will be redelivered"
+        );
+        in_flight.abort_all();
+    }
+    consumer.shutdown().await;
+}
+
+/// The whole life of a worker binary: settings, telemetry, start, wait for
+/// SIGTERM or SIGINT, drain, exit. Exit code 0 after a clean drain, 1 on a
+/// runtime failure, 2 on bad configuration.
+pub async fn main<H: Handler>() -> std::process::ExitCode {
+    let stop_requested = crate::shutdown::listen();
+    let worker = H::WORKER.name();
+    let settings = match fleet_config::load(worker, &fleet_config::Environment::from_process()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("{worker}: invalid configuration: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(&settings.telemetry);
+    let replica = replica_id(worker);
+    let running = match start::<H>(settings, replica).await {
+        Ok(running) => running,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "worker failed to start");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let shutdown = running.shutdown_token();
+    tokio::select! {
+        () = stop_requested.cancelled() => info!(worker, "shutdown signal received; draining"),
+        () = shutdown.cancelled() => {}
+    }
+    match running.stop().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "worker failed");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
