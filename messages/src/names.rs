@@ -152,6 +152,17 @@ impl Worker {
     }
 }
 
+impl EventType {
+    /// The workers of the contract that consume this type; none for the
+    /// facts only observers read (`order.rejected`, `stock.released`,
+    /// `notification.sent`).
+    pub fn consumers(self) -> impl Iterator<Item = Worker> {
+        Worker::ALL
+            .into_iter()
+            .filter(move |worker| worker.consumes().contains(&self))
+    }
+}
+
 impl fmt::Display for Worker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -101,7 +101,7 @@ impl Publisher {
                     exchange.as_str().into(),
                     message.event_type.as_str().into(),
                     BasicPublishOptions {
-                        mandatory: true,
+                        mandatory: expects_a_consumer(&message.event_type),
                         immediate: false,
                     },
                     &message.body,
@@ -143,6 +143,20 @@ impl Publisher {
     }
 }
 
+/// Whether a publish of `event_type` that no queue takes is a failure.
+///
+/// Where the contract names a consumer, a missing queue means that worker's
+/// topology is missing: the message comes back unroutable, and the relay
+/// retries and parks it where operators see it. The facts no worker consumes
+/// (`order.rejected`, `stock.released`, `notification.sent`) are for whoever
+/// binds to them (loadgen, an audit log, a future service); nobody listening
+/// is not an error, so they are not mandatory and never park.
+fn expects_a_consumer(event_type: &str) -> bool {
+    event_type
+        .parse::<fleet_messages::EventType>()
+        .map_or(true, |event_type| event_type.consumers().next().is_some())
+}
+
 pub(crate) fn outcome(confirmation: Confirmation) -> PublishOutcome {
     match confirmation {
         // A mandatory message that no queue took comes back *and* is acked.
@@ -162,4 +176,21 @@ fn properties(message: &OutgoingMessage) -> BasicProperties {
         .with_message_id(message.id.as_str().into())
         .with_type(message.event_type.as_str().into())
         .with_timestamp(message.timestamp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expects_a_consumer;
+
+    #[test]
+    fn only_events_a_worker_consumes_are_mandatory() {
+        for consumed in ["order.submitted", "order.placed", "stock.reserved", "payment.declined"] {
+            assert!(expects_a_consumer(consumed), "{consumed}");
+        }
+        for fact in ["order.rejected", "stock.released", "notification.sent"] {
+            assert!(!expects_a_consumer(fact), "{fact}");
+        }
+        // Unknown types must reach someone, or they come back.
+        assert!(expects_a_consumer("order.shipped"));
+    }
 }
