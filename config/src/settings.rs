@@ -180,7 +180,8 @@ pub struct OutboxSettings {
     pub batch_size: u32,
     pub poll_interval_ms: u64,
     pub max_publish_attempts: u32,
-    pub retention_hours: u64,
+    /// Fractions allowed (0.05 = 3 minutes), for soak runs.
+    pub retention_hours: f64,
     pub cleanup_batch_size: u32,
     pub cleanup_interval_ms: u64,
 }
@@ -191,7 +192,7 @@ impl OutboxSettings {
     }
 
     pub fn retention(&self) -> Duration {
-        Duration::from_secs(self.retention_hours * 3600)
+        Duration::from_secs_f64(self.retention_hours * 3600.0)
     }
 
     pub fn cleanup_interval(&self) -> Duration {
@@ -201,12 +202,13 @@ impl OutboxSettings {
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct InboxSettings {
-    pub dedup_retention_hours: u64,
+    /// Fractions allowed, like `outbox.retention_hours`.
+    pub dedup_retention_hours: f64,
 }
 
 impl InboxSettings {
     pub fn dedup_retention(&self) -> Duration {
-        Duration::from_secs(self.dedup_retention_hours * 3600)
+        Duration::from_secs_f64(self.dedup_retention_hours * 3600.0)
     }
 }
 

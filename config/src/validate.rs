@@ -112,7 +112,7 @@ pub(crate) fn settings(settings: &Settings) -> Result<(), ConfigError> {
         1,
         1_000,
     )?;
-    at_least("outbox.retention_hours", settings.outbox.retention_hours, 1)?;
+    positive_hours("outbox.retention_hours", settings.outbox.retention_hours)?;
     within(
         "outbox.cleanup_batch_size",
         settings.outbox.cleanup_batch_size.into(),
@@ -125,10 +125,9 @@ pub(crate) fn settings(settings: &Settings) -> Result<(), ConfigError> {
         100,
     )?;
 
-    at_least(
+    positive_hours(
         "inbox.dedup_retention_hours",
         settings.inbox.dedup_retention_hours,
-        1,
     )?;
     let horizon = settings.retry.horizon();
     if settings.inbox.dedup_retention() <= horizon {
@@ -192,6 +191,15 @@ fn url(key: &'static str, url: &crate::SecretUrl, schemes: &[&str]) -> Result<()
         ),
         Err(reason) => invalid(key, url.redacted(), format!("not a URL: {reason}")),
     }
+}
+
+/// A retention in hours: positive and at most ten years (so that it fits a
+/// `Duration` and a Postgres interval).
+fn positive_hours(key: &'static str, value: f64) -> Result<(), ConfigError> {
+    if !(value.is_finite() && value > 0.0 && value <= 87_600.0) {
+        return invalid(key, value, "must be a number of hours above 0 and at most 87600");
+    }
+    Ok(())
 }
 
 fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {

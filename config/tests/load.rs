@@ -117,6 +117,12 @@ fn out_of_range_values_name_the_key_and_value() {
             "0",
             "inbox.dedup_retention_hours",
         ),
+        (
+            "FLEET__OUTBOX__RETENTION_HOURS",
+            "-0.5",
+            "outbox.retention_hours",
+        ),
+        ("FLEET__OUTBOX__RETENTION_HOURS", "NaN", "outbox.retention_hours"),
         ("AMQP_URL", "http://rabbit", "amqp.url"),
         (
             "FLEET__LIMITS__MAX_EVENT_BYTES",
@@ -151,4 +157,18 @@ fn a_config_dir_overlays_the_compiled_in_files() {
 
     let message = load("order-worker", &env).unwrap_err().to_string();
     assert!(message.contains("FLEET_CONFIG_DIR"), "{message}");
+}
+
+#[test]
+fn retention_may_be_a_fraction_of_an_hour() {
+    let settings = load(
+        "order-worker",
+        &Environment::default()
+            .with("FLEET__OUTBOX__RETENTION_HOURS", "0.05")
+            .with("FLEET__INBOX__DEDUP_RETENTION_HOURS", "0.1")
+            .with("FLEET__RETRY__DELAYS_MS", "100,200"),
+    )
+    .unwrap();
+    assert_eq!(settings.outbox.retention(), std::time::Duration::from_secs(180));
+    assert_eq!(settings.inbox.dedup_retention(), std::time::Duration::from_secs(360));
 }
