@@ -127,7 +127,7 @@ async fn run(settings: &fleet_config::Settings) -> anyhow::Result<()> {
         fleet_outbox::enqueue(&mut transaction, chunk).await?;
         transaction.commit().await?;
     }
-    let mut relay = Relay::new(
+    let relay = Relay::new(
         pool.clone(),
         broker.clone(),
         schema.clone(),
@@ -136,7 +136,7 @@ async fn run(settings: &fleet_config::Settings) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut published = 0;
     while published < BACKLOG {
-        published += relay.publish_batch().await.context("relay batch")?;
+        published += relay.drain().await.context("relay drain")?;
     }
     let relay_rate = BACKLOG as f64 / started.elapsed().as_secs_f64();
 
