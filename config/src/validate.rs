@@ -197,7 +197,11 @@ fn url(key: &'static str, url: &crate::SecretUrl, schemes: &[&str]) -> Result<()
 /// `Duration` and a Postgres interval).
 fn positive_hours(key: &'static str, value: f64) -> Result<(), ConfigError> {
     if !(value.is_finite() && value > 0.0 && value <= 87_600.0) {
-        return invalid(key, value, "must be a number of hours above 0 and at most 87600");
+        return invalid(
+            key,
+            value,
+            "must be a number of hours above 0 and at most 87600",
+        );
     }
     Ok(())
 }

@@ -122,7 +122,11 @@ fn out_of_range_values_name_the_key_and_value() {
             "-0.5",
             "outbox.retention_hours",
         ),
-        ("FLEET__OUTBOX__RETENTION_HOURS", "NaN", "outbox.retention_hours"),
+        (
+            "FLEET__OUTBOX__RETENTION_HOURS",
+            "NaN",
+            "outbox.retention_hours",
+        ),
         ("AMQP_URL", "http://rabbit", "amqp.url"),
         (
             "FLEET__LIMITS__MAX_EVENT_BYTES",
@@ -169,6 +173,12 @@ fn retention_may_be_a_fraction_of_an_hour() {
             .with("FLEET__RETRY__DELAYS_MS", "100,200"),
     )
     .unwrap();
-    assert_eq!(settings.outbox.retention(), std::time::Duration::from_secs(180));
-    assert_eq!(settings.inbox.dedup_retention(), std::time::Duration::from_secs(360));
+    assert_eq!(
+        settings.outbox.retention(),
+        std::time::Duration::from_secs(180)
+    );
+    assert_eq!(
+        settings.inbox.dedup_retention(),
+        std::time::Duration::from_secs(360)
+    );
 }

@@ -184,7 +184,12 @@ mod tests {
 
     #[test]
     fn only_events_a_worker_consumes_are_mandatory() {
-        for consumed in ["order.submitted", "order.placed", "stock.reserved", "payment.declined"] {
+        for consumed in [
+            "order.submitted",
+            "order.placed",
+            "stock.reserved",
+            "payment.declined",
+        ] {
             assert!(expects_a_consumer(consumed), "{consumed}");
         }
         for fact in ["order.rejected", "stock.released", "notification.sent"] {
