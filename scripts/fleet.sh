@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Runs the whole fleet on this machine, without Docker, against the local
+# PostgreSQL, Redis and RabbitMQ: N replicas of each of the four workers, then
+# a demo load from loadgen and its JSON summary, then a graceful stop (SIGTERM).
+#
+#   scripts/fleet.sh                          # RabbitMQ, 2 replicas each, 2,000 orders
+#   scripts/fleet.sh --transport redis --replicas 3 --orders 5000 --rate 500
+#   scripts/fleet.sh --keep-running           # leave the fleet up after the demo (Ctrl-C stops it)
+#
+# Logs go to target/fleet-logs/<worker>-<n>.log. The exit code is loadgen's:
+# 0 when every order ended exactly once as the contract predicts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+transport=rabbitmq replicas=2 orders=2000 rate=0 keep=false namespace=${FLEET__NAMESPACE:-fleet}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --transport) transport=$2; shift 2 ;;
+    --replicas) replicas=$2; shift 2 ;;
+    --orders) orders=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --namespace) namespace=$2; shift 2 ;;
+    --keep-running) keep=true; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+# shellcheck source=services.sh
+source scripts/services.sh >/dev/null
+target=${CARGO_TARGET_DIR:-target}
+log "building the workers (release)"
+cargo build --release --quiet -p fleet-workers --bins
+
+# The fleet's own database; each worker owns a schema in it.
+psql -h 127.0.0.1 -U postgres -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'fleet'" | grep -q 1 \
+  || psql -h 127.0.0.1 -U postgres -d postgres -qc 'CREATE DATABASE fleet'
+export DATABASE_URL=postgres://postgres@127.0.0.1:5432/fleet
+export FLEET__TRANSPORT=$transport FLEET__NAMESPACE=$namespace FLEET__HTTP__PORT=0
+export RUST_LOG=${RUST_LOG:-info,lapin=warn}
+
+logs=$target/fleet-logs
+mkdir -p "$logs"
+pids=()
+stop_fleet() {
+  [ ${#pids[@]} -gt 0 ] || return 0
+  log "stopping ${#pids[@]} replicas (SIGTERM: drain, then exit 0)"
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  local failed=0
+  for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+  pids=()
+  [ "$failed" -eq 0 ] && echo "every replica exited 0" || echo "$failed replicas exited non-zero (see $logs)" >&2
+}
+trap stop_fleet EXIT
+trap 'exit 130' INT TERM
+
+log "starting $replicas replicas of each worker on $transport, namespace $namespace"
+for worker in order-worker inventory-worker payment-worker notification-worker; do
+  for n in $(seq "$replicas"); do
+    "$target/release/$worker" >"$logs/$worker-$n.log" 2>&1 &
+    pids+=($!)
+  done
+done
+for file in "$logs"/*-worker-*.log; do
+  for _ in $(seq 60); do
+    grep -q "worker started" "$file" && break
+    grep -q "failed to start" "$file" && { cat "$file" >&2; exit 1; }
+    sleep 0.5
+  done
+  grep -q "worker started" "$file" || { echo "$file: not started after 30 s" >&2; exit 1; }
+done
+grep -ho 'http=[0-9.:]*' "$logs"/*-worker-*.log | sed 's/http=/  metrics and probes: http:\/\//' | sort -u | head -n 4 || true
+echo "  ... (every replica logs its own port; RabbitMQ UI: http://127.0.0.1:15672, guest/guest)"
+
+log "loadgen: $orders orders${rate:+ at $rate/s}"
+status=0
+"$target/release/loadgen" --orders "$orders" --rate "$rate" --json | tee "$logs/summary.json" || status=$?
+
+if $keep; then
+  log "the fleet keeps running; Ctrl-C stops it"
+  wait "${pids[@]}" || true
+fi
+exit "$status"
