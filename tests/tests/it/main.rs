@@ -34,6 +34,7 @@ macro_rules! on_both_transports {
 mod binaries;
 mod broker;
 mod chaos;
+mod deploy;
 mod dlq_tool;
 mod faults;
 mod fleet;
