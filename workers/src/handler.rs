@@ -48,6 +48,13 @@ pub enum HandlerError {
     /// dead-lettered when the attempts run out.
     #[error("transient: {0}")]
     Transient(String),
+    /// The database cannot be reached at all (connection refused or lost,
+    /// pool exhausted, server shutting down). Retried like a transient
+    /// error, but the runtime first waits until the database answers again,
+    /// holding the delivery: a replica stops taking work during an outage
+    /// instead of spending every event's attempts on it.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// The handler panicked: a bug, or an input it cannot cope with. Counted
     /// as a failure and retried like a transient error (the process never
     /// goes down for it), so it ends in the dead-letter queue within its
@@ -71,7 +78,7 @@ impl HandlerError {
     /// The `error_kind` a dead letter of this error carries.
     pub fn kind(&self) -> &'static str {
         match self {
-            HandlerError::Transient(_) => "transient",
+            HandlerError::Transient(_) | HandlerError::Unavailable(_) => "transient",
             HandlerError::Panicked(_) => "panic",
             HandlerError::Permanent { kind, .. } => kind,
         }
@@ -81,7 +88,9 @@ impl HandlerError {
 impl From<sqlx::Error> for HandlerError {
     /// Classifies database errors by what retrying can do about them.
     fn from(error: sqlx::Error) -> Self {
-        if is_transient(&error) {
+        if is_outage(&error) {
+            HandlerError::Unavailable(error.to_string())
+        } else if is_transient(&error) {
             HandlerError::Transient(error.to_string())
         } else {
             HandlerError::Permanent {
@@ -116,6 +125,23 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether `error` says the database is out of reach, rather than that one
+/// transaction failed: no connection, a lost one, or a server going down
+/// (SQLSTATE 08, and 57P01 to 57P03).
+pub fn is_outage(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            code.starts_with("08") || ["57P01", "57P02", "57P03"].contains(&&*code)
+        }),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +149,12 @@ mod tests {
     #[test]
     fn connection_trouble_is_transient_and_decoding_is_not() {
         assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_outage(&sqlx::Error::PoolTimedOut));
+        assert!(!is_outage(&sqlx::Error::RowNotFound));
+        assert!(matches!(
+            HandlerError::from(sqlx::Error::PoolTimedOut),
+            HandlerError::Unavailable(_)
+        ));
         assert!(!is_transient(&sqlx::Error::RowNotFound));
         assert_eq!(
             HandlerError::from(sqlx::Error::PoolTimedOut).kind(),

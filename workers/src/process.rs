@@ -4,11 +4,11 @@
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use sqlx::PgPool;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use fleet_broker::Delivery;
 use fleet_config::RetrySettings;
@@ -84,7 +84,14 @@ impl<H: Handler> Processor<H> {
                     warn!(kind, %reason, "event dead-lettered");
                     dead_letter(delivery, kind, &reason).await;
                 }
-                Err(error @ (HandlerError::Transient(_) | HandlerError::Panicked(_))) => {
+                Err(
+                    error @ (HandlerError::Transient(_)
+                    | HandlerError::Unavailable(_)
+                    | HandlerError::Panicked(_)),
+                ) => {
+                    if matches!(error, HandlerError::Unavailable(_)) {
+                        self.wait_for_database().await;
+                    }
                     if attempt >= self.retry.max_attempts {
                         warn!(%error, "out of attempts; event dead-lettered");
                         dead_letter(delivery, error.kind(), &error.to_string()).await;
@@ -131,6 +138,35 @@ impl<H: Handler> Processor<H> {
         Ok(Handled::Done)
     }
 }
+
+impl<H> Processor<H> {
+    /// Holds the caller (and so its concurrency slot: the replica takes no
+    /// new work) until the database answers, for at most
+    /// [`OUTAGE_WAIT_LIMIT`]. Then the event's retry is scheduled: an outage
+    /// costs each event in flight one attempt, not all of them.
+    async fn wait_for_database(&self) {
+        let started = Instant::now();
+        let mut logged = false;
+        while started.elapsed() < OUTAGE_WAIT_LIMIT {
+            if sqlx::query("SELECT 1").execute(&self.pool).await.is_ok() {
+                if logged {
+                    info!(waited = ?started.elapsed(), "database reachable again");
+                }
+                return;
+            }
+            if !logged {
+                warn!("database unreachable; holding deliveries until it answers");
+                logged = true;
+            }
+            tokio::time::sleep(OUTAGE_PROBE_INTERVAL).await;
+        }
+    }
+}
+
+/// How long one delivery waits for an unreachable database before its
+/// retry is scheduled anyway (its delay tiers then take over).
+const OUTAGE_WAIT_LIMIT: Duration = Duration::from_secs(60);
+const OUTAGE_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 async fn dead_letter(delivery: Delivery, kind: &str, reason: &str) {
     let worker = delivery.info().worker.clone();
