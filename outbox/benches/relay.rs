@@ -197,7 +197,9 @@ async fn run(settings: &fleet_config::Settings) -> anyhow::Result<()> {
     // Postgres 15 backends flush their statistics up to 10 s after going
     // idle: wait, or the writers' commits land in the measured window.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let idle = Duration::from_secs(5);
+    // Long enough that the ±1 of statistics flushed on either side of the
+    // window does not blur the per-poll figure.
+    let idle = Duration::from_secs(10);
     let before = relay_statements(&pool).await?;
     tokio::time::sleep(idle).await;
     // Minus the two statements of the first reading itself.

@@ -111,8 +111,10 @@ impl Fixture {
     }
 
     async fn run_with(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+        // A guard against a hung process, not a speed check: generous,
+        // because the chaos suite may load the shared broker meanwhile.
         let output = tokio::time::timeout(
-            Duration::from_secs(120),
+            Duration::from_secs(300),
             self.command(args, extra_env).output(),
         )
         .await

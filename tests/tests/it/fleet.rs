@@ -126,21 +126,29 @@ impl Fleet {
     pub(crate) async fn wait_until_settled(&self, expected: &Expected, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let (terminal, notified): (i64, i64) = sqlx::query_as(
+            // Terminal orders, notifications, and the compensations still
+            // owed: inventory releases stock on payment.declined in parallel
+            // with order-worker cancelling, and may finish later.
+            let (terminal, notified, unreleased): (i64, i64, i64) = sqlx::query_as(
                 "SELECT (SELECT count(*) FROM order_worker.orders WHERE status <> 'placed'),
-                        (SELECT count(*) FROM notification_worker.notifications)",
+                        (SELECT count(*) FROM notification_worker.notifications),
+                        (SELECT count(*) FROM order_worker.orders o
+                         JOIN inventory_worker.reservations r USING (order_id)
+                         WHERE o.reason = 'payment_declined' AND r.status = 'reserved')",
             )
             .fetch_one(&self.ctx.db)
             .await
-            .unwrap_or((0, 0));
+            .unwrap_or((0, 0, 1));
             if terminal as usize >= expected.outcomes.len()
                 && notified as usize >= expected.notified()
+                && unreleased == 0
             {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "after {wait:?}: {terminal} of {} orders terminal, {notified} of {} notified",
+                "after {wait:?}: {terminal} of {} orders terminal, {notified} of {} notified, \
+                 {unreleased} declined orders' stock not released",
                 expected.outcomes.len(),
                 expected.notified()
             );
