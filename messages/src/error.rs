@@ -55,6 +55,17 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every [`DecodeError::kind`], for checks that must cover them all.
+    pub const KINDS: [&'static str; 7] = [
+        "too_large",
+        "not_json",
+        "missing_attribute",
+        "invalid_attribute",
+        "unsupported_specversion",
+        "unknown_type",
+        "invalid_data",
+    ];
+
     /// A stable snake_case name of the variant, recorded as the `error_kind`
     /// of dead letters. Operators and scripts match on it, so it never changes
     /// within v1 of the contract.
