@@ -44,6 +44,20 @@ pub struct DeadLetter {
     pub headers: BTreeMap<String, String>,
 }
 
+impl DeadLetter {
+    /// The failure record to write back when this dead letter is imported:
+    /// missing times default to now (and the first to the last).
+    pub(crate) fn failure(&self) -> Failure {
+        let last_failed_at = self.last_failed_at.unwrap_or_else(Utc::now);
+        Failure {
+            attempts: self.attempts,
+            first_failed_at: self.first_failed_at.unwrap_or(last_failed_at),
+            last_failed_at,
+            last_error: self.error.clone(),
+        }
+    }
+}
+
 /// The contract's dead-letter identity rule.
 pub(crate) fn dead_letter_id(message_id: Option<&str>, body: &[u8]) -> String {
     if let Some(id) = fleet_messages::peek_id(body) {

@@ -44,7 +44,7 @@ use super::{RabbitMqBroker, connection, dead_letters, headers};
 use crate::dead_letter_ops::{
     BrowseSummary, DeadLetterSelection, ReplayOptions, ReplayReport, is_redead, pace,
 };
-use crate::{BrokerError, DeadLetter, Failure, PublishOutcome};
+use crate::{BrokerError, DeadLetter, PublishOutcome};
 
 /// Replays published but not yet confirmed at most: confirms are collected
 /// while later messages are fetched, which is what makes a replay fast.
@@ -478,14 +478,7 @@ fn imported_replay_properties(letter: &DeadLetter) -> BasicProperties {
 }
 
 fn imported_dead_letter_properties(letter: &DeadLetter, worker: &str) -> BasicProperties {
-    let now = chrono::Utc::now();
-    let last_failed_at = letter.last_failed_at.unwrap_or(now);
-    let failure = Failure {
-        attempts: letter.attempts,
-        first_failed_at: letter.first_failed_at.unwrap_or(last_failed_at),
-        last_failed_at,
-        last_error: letter.error.clone(),
-    };
+    let failure = letter.failure();
     let mut table = FieldTable::default();
     headers::put_failure(&mut table, &letter.source, &failure, letter.replays);
     headers::put_text(&mut table, headers::ERROR_KIND, &letter.error_kind);

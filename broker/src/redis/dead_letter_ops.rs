@@ -26,7 +26,7 @@ use super::{RedisBroker, Shared};
 use crate::dead_letter_ops::{
     BrowseSummary, DeadLetterSelection, ReplayOptions, ReplayReport, is_redead, pace,
 };
-use crate::{BrokerError, DeadLetter, DeliveryInfo, Failure, PublishOutcome, Transport};
+use crate::{BrokerError, DeadLetter, DeliveryInfo, PublishOutcome, Transport};
 
 /// Entries per `XRANGE` page while browsing.
 const PAGE: usize = 500;
@@ -256,14 +256,7 @@ fn replay_command(retry_stream: &str, letter: &DeadLetter) -> redis::Cmd {
 /// `XADD <dead-letter stream> * …`: the fields a worker writes, from an
 /// exported dead letter.
 fn dead_letter_command(stream: &str, worker: &str, letter: &DeadLetter) -> redis::Cmd {
-    let now = chrono::Utc::now();
-    let last_failed_at = letter.last_failed_at.unwrap_or(now);
-    let failure = Failure {
-        attempts: letter.attempts,
-        first_failed_at: letter.first_failed_at.unwrap_or(last_failed_at),
-        last_failed_at,
-        last_error: letter.error.clone(),
-    };
+    let failure = letter.failure();
     let info = DeliveryInfo {
         transport: Transport::Redis,
         worker: worker.to_owned(),
