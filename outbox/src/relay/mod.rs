@@ -1,21 +1,25 @@
 //! The relay: publishes committed outbox rows and marks them published.
+//!
+//! [`Relay::run`] sleeps on `LISTEN` (with a poll as fallback) and drains
+//! the outbox through two [`lane`]s when woken.
+
+mod lane;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgListener, PgPool};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use fleet_broker::{Broker, OutgoingMessage, PublishOutcome};
+use fleet_broker::Broker;
 
 use crate::Schema;
-use crate::metrics::{
-    OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PARKED, OUTBOX_PUBLISHED, OUTBOX_REFUSED,
-};
+use crate::metrics::{OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PARKED};
+use lane::{Lane, Pass};
 
 /// How a relay behaves; see `[outbox]` in `config/default.toml`.
 #[derive(Clone, Debug)]
@@ -62,9 +66,16 @@ impl RelayStatus {
 
 /// Publishes one schema's outbox. Every replica runs one; they share the
 /// rows through `FOR UPDATE SKIP LOCKED`.
+///
+/// Besides the pool it is given (for its backlog reads), a relay holds
+/// three connections of its own: the `LISTEN` connection and one per lane.
 #[derive(Debug)]
 pub struct Relay {
     pool: PgPool,
+    /// The pool's settings (search path included), for the lanes' own
+    /// connections.
+    connect_options: PgConnectOptions,
+    lanes: [Lane; LANES],
     broker: Broker,
     schema: Schema,
     options: RelayOptions,
@@ -85,6 +96,8 @@ struct Backlog {
 impl Relay {
     pub fn new(pool: PgPool, broker: Broker, schema: Schema, options: RelayOptions) -> Self {
         Self {
+            connect_options: (*pool.connect_options()).clone(),
+            lanes: Default::default(),
             pool,
             broker,
             schema,
@@ -112,23 +125,20 @@ impl Relay {
         listener.listen(&self.schema.wakeup_channel()).await?;
         let mut failures: u32 = 0;
         let mut drain = true;
-        let mut last_look = tokio::time::Instant::now();
         loop {
+            // Whether this pass found rows: if it did not while the backlog
+            // says some are due, other relays hold them, and spinning on
+            // them would only cost queries.
+            let mut claimed_any = false;
             if drain {
+                // Lanes keep claiming while rows keep coming (no sleep, no
+                // NOTIFY from the writers), and come back at least once a
+                // second so the backlog (lag, metrics) is read below.
                 match self.drain().await {
-                    // Rows keep coming: claim again at once, without going
-                    // to sleep (no wake-up round trip, no NOTIFY from the
-                    // writers), but look at the backlog (lag, metrics) at
-                    // least once a second.
-                    Ok(claimed)
-                        if claimed > 0
-                            && last_look.elapsed() < STATUS_REFRESH
-                            && !shutdown.is_cancelled() =>
-                    {
+                    Ok(claimed) => {
                         failures = 0;
-                        continue;
+                        claimed_any = claimed > 0;
                     }
-                    Ok(_) => failures = 0,
                     Err(error) => {
                         failures = failures.saturating_add(1);
                         let pause = backoff(failures);
@@ -143,7 +153,6 @@ impl Relay {
             if shutdown.is_cancelled() {
                 break;
             }
-            last_look = tokio::time::Instant::now();
             let backlog = match self.announce_sleep().await {
                 Ok(backlog) => backlog,
                 Err(error) => {
@@ -159,7 +168,8 @@ impl Relay {
             let now = Utc::now();
             let wait = match backlog.next_due {
                 _ if backlog.pending == 0 => self.options.poll_interval,
-                Some(due) if due <= now => Duration::ZERO,
+                Some(due) if due <= now && claimed_any => Duration::ZERO,
+                Some(due) if due <= now => OTHERS_BATCH_WAIT,
                 Some(due) => (due - now)
                     .to_std()
                     .unwrap_or_default()
@@ -187,157 +197,35 @@ impl Relay {
         if let Err(error) = self.drain().await {
             warn!(schema = %self.schema, %error, "outbox relay could not flush at shutdown");
         }
+        for lane in &self.lanes {
+            lane.close().await;
+        }
         info!(schema = %self.schema, published = self.status.published(), "outbox relay stopped");
         Ok(())
     }
 
-    /// Publishes batches until fewer than a full batch is ready; returns
-    /// how many rows it claimed.
+    /// Publishes until no row is ready (or for at most [`STATUS_REFRESH`]);
+    /// returns how many rows it claimed.
     ///
     /// Two lanes claim and publish side by side (`SKIP LOCKED` keeps their
     /// batches apart): while one waits for the broker's confirms, the other
     /// claims or marks in Postgres, so neither side idles on a backlog.
     pub async fn drain(&self) -> Result<usize, RelayError> {
-        let lane = || async {
-            let mut total = 0;
-            loop {
-                let claimed = self.publish_batch().await?;
-                total += claimed;
-                if claimed < self.options.batch_size as usize {
-                    return Ok::<_, RelayError>(total);
-                }
-            }
-        };
-        let (first, second) = tokio::join!(lane(), lane());
-        Ok(first? + second?)
+        let passes = self
+            .lanes
+            .iter()
+            .map(|lane| self.run_lane(lane, Pass::WhileRowsCome));
+        let mut claimed = 0;
+        for pass in futures_util::future::join_all(passes).await {
+            claimed += pass?;
+        }
+        Ok(claimed)
     }
 
     /// Claims, publishes and marks one batch. Returns how many rows it
     /// claimed.
     pub async fn publish_batch(&self) -> Result<usize, RelayError> {
-        let mut transaction = self.pool.begin().await?;
-        let rows = sqlx::query(
-            "SELECT id, event_id, event_type, payload, attempts, created_at FROM outbox
-             WHERE published_at IS NULL AND parked_at IS NULL AND next_attempt_at <= now()
-             ORDER BY id
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED",
-        )
-        .bind(i64::from(self.options.batch_size))
-        .fetch_all(&mut *transaction)
-        .await?;
-        if rows.is_empty() {
-            transaction.commit().await?;
-            return Ok(0);
-        }
-
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut attempts = Vec::with_capacity(rows.len());
-        let mut messages = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let event_id: uuid::Uuid = row.try_get("event_id")?;
-            let created_at: DateTime<Utc> = row.try_get("created_at")?;
-            ids.push(row.try_get::<i64, _>("id")?);
-            attempts.push(row.try_get::<i32, _>("attempts")?);
-            messages.push(OutgoingMessage {
-                id: event_id.to_string(),
-                event_type: row.try_get("event_type")?,
-                body: row.try_get("payload")?,
-                timestamp: u64::try_from(created_at.timestamp()).unwrap_or(0),
-            });
-        }
-
-        let outcomes = self.broker.publish_batch(&messages).await?;
-        if self.abandon_next_batch.swap(false, Ordering::SeqCst) {
-            // Dropping the transaction rolls it back: published, not marked.
-            return Err(RelayError::Abandoned);
-        }
-        self.record(&mut transaction, &ids, &attempts, &outcomes)
-            .await?;
-        transaction.commit().await?;
-
-        let published = outcomes
-            .iter()
-            .filter(|outcome| outcome.is_confirmed())
-            .count();
-        self.status
-            .published
-            .fetch_add(published as u64, Ordering::Relaxed);
-        ::metrics::counter!(OUTBOX_PUBLISHED, "schema" => self.schema.to_string())
-            .increment(published as u64);
-        if let Some(PublishOutcome::Failed(reason)) = outcomes
-            .iter()
-            .find(|outcome| matches!(outcome, PublishOutcome::Failed(_)))
-        {
-            // The broker went away mid-batch: the unconfirmed rows stay
-            // pending, and the caller backs off before the next attempt.
-            return Err(RelayError::Unconfirmed(reason.clone()));
-        }
-        Ok(rows.len())
-    }
-
-    /// Marks confirmed rows published; counts a refusal on refused ones and
-    /// parks those out of attempts. Unconfirmed rows are left as they were.
-    async fn record(
-        &self,
-        transaction: &mut Transaction<'_, Postgres>,
-        ids: &[i64],
-        attempts: &[i32],
-        outcomes: &[PublishOutcome],
-    ) -> Result<(), sqlx::Error> {
-        let mut published = Vec::new();
-        let mut refused_ids = Vec::new();
-        let mut refused_errors = Vec::new();
-        let mut refused_delays = Vec::new();
-        let mut refused_park = Vec::new();
-        for ((id, attempt), outcome) in ids.iter().zip(attempts).zip(outcomes) {
-            let reason = match outcome {
-                PublishOutcome::Confirmed => {
-                    published.push(*id);
-                    continue;
-                }
-                PublishOutcome::Unroutable => "unroutable: no queue is bound to this event type",
-                PublishOutcome::Nacked => "nacked by the broker",
-                PublishOutcome::Failed(_) => continue,
-            };
-            let attempt = attempt.saturating_add(1);
-            let park =
-                u32::try_from(attempt).unwrap_or(u32::MAX) >= self.options.max_publish_attempts;
-            refused_ids.push(*id);
-            refused_errors.push(reason.to_owned());
-            refused_delays.push(backoff(u32::try_from(attempt).unwrap_or(u32::MAX)).as_secs_f64());
-            refused_park.push(park);
-            if park {
-                warn!(schema = %self.schema, row = id, attempts = attempt, reason, "outbox row parked");
-            }
-        }
-        if !published.is_empty() {
-            sqlx::query("UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1)")
-                .bind(&published)
-                .execute(&mut **transaction)
-                .await?;
-        }
-        if !refused_ids.is_empty() {
-            ::metrics::counter!(OUTBOX_REFUSED, "schema" => self.schema.to_string())
-                .increment(refused_ids.len() as u64);
-            sqlx::query(
-                "UPDATE outbox AS o SET
-                     attempts = o.attempts + 1,
-                     last_error = r.error,
-                     next_attempt_at = now() + make_interval(secs => r.delay),
-                     parked_at = CASE WHEN r.park THEN now() END
-                 FROM UNNEST($1::bigint[], $2::text[], $3::float8[], $4::bool[])
-                     AS r(id, error, delay, park)
-                 WHERE o.id = r.id",
-            )
-            .bind(&refused_ids)
-            .bind(&refused_errors)
-            .bind(&refused_delays)
-            .bind(&refused_park)
-            .execute(&mut **transaction)
-            .await?;
-        }
-        Ok(())
+        self.run_lane(&self.lanes[0], Pass::OneBatch).await
     }
 
     /// Declares this relay asleep (so the next writer sends a `NOTIFY`) and,
@@ -372,8 +260,16 @@ impl Relay {
     }
 }
 
+/// Lanes per relay: batches in flight at once.
+const LANES: usize = 3;
+
 /// How often a relay that never runs out of rows still reads its backlog.
 const STATUS_REFRESH: Duration = Duration::from_secs(1);
+
+/// How long a relay waits before looking again at due rows that other
+/// relays hold (their locks go when they commit or die); new rows still
+/// wake it at once through `NOTIFY`.
+const OTHERS_BATCH_WAIT: Duration = Duration::from_millis(100);
 
 /// 100 ms, doubling, at most 30 s.
 fn backoff(failures: u32) -> Duration {
