@@ -39,6 +39,12 @@ impl Consumer {
         self.deliveries.recv().await
     }
 
+    /// A delivery that is already fetched, without waiting; `None` if none
+    /// is (for gathering what is ready into one batch).
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        self.deliveries.try_recv().ok()
+    }
+
     /// Stops fetching from the broker. Already fetched deliveries still come
     /// out of [`Consumer::next`].
     pub fn stop(&self) {

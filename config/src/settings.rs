@@ -130,6 +130,9 @@ pub struct HttpSettings {
 pub struct WorkerSettings {
     pub concurrency: usize,
     pub prefetch: u16,
+    /// Most deliveries handled together in one transaction when several are
+    /// waiting; 1 handles each alone.
+    pub max_batch: usize,
     pub shutdown_timeout_ms: u64,
     pub max_relay_lag_ms: u64,
 }

@@ -51,6 +51,12 @@ pub(crate) fn settings(settings: &Settings) -> Result<(), ConfigError> {
         1,
         10_000,
     )?;
+    within(
+        "worker.max_batch",
+        settings.worker.max_batch as u64,
+        1,
+        1_000,
+    )?;
     if usize::from(settings.worker.prefetch) < settings.worker.concurrency {
         return invalid(
             "worker.prefetch",

@@ -38,3 +38,47 @@ pub async fn claim(
         Ok(Claim::Duplicate)
     }
 }
+
+/// [`claim`] for several events at once, in one statement: returns, in the
+/// order given, whether each is new. An id given twice is new only the
+/// first time. Ids are inserted in sorted order, so two transactions
+/// claiming overlapping sets wait for each other instead of deadlocking.
+pub async fn claim_all(
+    transaction: &mut PgConnection,
+    consumer: &str,
+    event_ids: &[Uuid],
+) -> Result<Vec<Claim>, sqlx::Error> {
+    let mut sorted = event_ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO inbox (consumer, event_id)
+         SELECT $1, id FROM UNNEST($2::uuid[]) AS ids(id) ORDER BY id
+         ON CONFLICT DO NOTHING
+         RETURNING event_id",
+    )
+    .bind(consumer)
+    .bind(&sorted)
+    .fetch_all(transaction)
+    .await?;
+    let mut new: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+    let claims: Vec<Claim> = event_ids
+        .iter()
+        .map(|id| {
+            if new.remove(id) {
+                Claim::New
+            } else {
+                Claim::Duplicate
+            }
+        })
+        .collect();
+    let duplicates = claims
+        .iter()
+        .filter(|claim| **claim == Claim::Duplicate)
+        .count();
+    if duplicates > 0 {
+        ::metrics::counter!(crate::metrics::INBOX_DUPLICATES, "consumer" => consumer.to_owned())
+            .increment(duplicates as u64);
+    }
+    Ok(claims)
+}

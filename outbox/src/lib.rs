@@ -28,7 +28,7 @@ mod retention;
 pub mod schema;
 
 pub use enqueue::enqueue;
-pub use inbox::{Claim, claim};
+pub use inbox::{Claim, claim, claim_all};
 pub use relay::{Relay, RelayError, RelayOptions, RelayStatus};
 pub use retention::{Retention, RetentionOptions, Swept};
 pub use schema::{Schema, connect, migrate, migration};

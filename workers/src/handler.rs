@@ -38,6 +38,21 @@ pub trait Handler: Send + Sync + Sized + 'static {
         transaction: &mut PgConnection,
         event: &Envelope,
     ) -> impl Future<Output = Result<Vec<Envelope>, HandlerError>> + Send;
+
+    /// Runs first when several events are handled in one transaction (see
+    /// `worker.max_batch`): locks the rows the batch will update in one
+    /// global order, so two replicas' batches over the same rows (hot SKUs,
+    /// a busy customer) queue behind each other instead of deadlocking. The
+    /// default locks nothing; a deadlock is still safe (the batch is handled
+    /// again one event at a time), only slow.
+    fn lock_batch(
+        &self,
+        transaction: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = (transaction, events);
+        async { Ok(()) }
+    }
 }
 
 /// Why a handler failed, which decides what happens to the event.

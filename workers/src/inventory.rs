@@ -56,6 +56,40 @@ impl Handler for InventoryWorker {
         Ok(())
     }
 
+    /// Locks every stock row the batch touches (ordered SKUs, and the SKUs
+    /// of declined orders' reservations) in SKU order, before any handler
+    /// runs: the order a single reservation already uses, now across the
+    /// whole batch.
+    async fn lock_batch(
+        &self,
+        transaction: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<(), HandlerError> {
+        let mut skus: Vec<&str> = Vec::new();
+        let mut declined: Vec<uuid::Uuid> = Vec::new();
+        for event in events {
+            match &event.data {
+                EventData::OrderPlaced(placed) => {
+                    skus.extend(placed.items.iter().map(|item| item.sku.as_str()));
+                }
+                EventData::PaymentDeclined(payment) => declined.push(payment.order_id),
+                _ => {}
+            }
+        }
+        sqlx::query(
+            "SELECT 1 FROM stock
+             WHERE sku = ANY($1)
+                OR sku IN (SELECT sku FROM reservation_lines WHERE order_id = ANY($2))
+             ORDER BY sku
+             FOR UPDATE",
+        )
+        .bind(&skus)
+        .bind(&declined)
+        .execute(&mut *transaction)
+        .await?;
+        Ok(())
+    }
+
     async fn handle(
         &self,
         transaction: &mut PgConnection,

@@ -16,3 +16,9 @@ pub const HANDLER_SECONDS: &str = "fleet_handler_seconds";
 /// Counter: settlements (ack, retry, dead letter) the broker refused; the
 /// delivery comes again.
 pub const SETTLE_FAILURES: &str = "fleet_settle_failures_total";
+/// Counter: batches rolled back because one of their events failed; their
+/// events were then handled one at a time.
+pub const BATCH_FALLBACKS: &str = "fleet_batch_fallbacks_total";
+/// Histogram: events handled together in one transaction, per batch (1
+/// when a replica keeps up; more when deliveries wait for a free slot).
+pub const BATCH_EVENTS: &str = "fleet_batch_events";

@@ -34,6 +34,41 @@ impl Handler for PaymentWorker {
         )]
     }
 
+    /// Creates the batch's new customers and locks all its customers' rows
+    /// in id order before any handler runs, so two batches charging the
+    /// same customers queue instead of deadlocking.
+    async fn lock_batch(
+        &self,
+        transaction: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<(), HandlerError> {
+        let mut customers: Vec<&str> = events
+            .iter()
+            .filter_map(|event| match &event.data {
+                EventData::StockReserved(reserved) => Some(reserved.customer_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        customers.sort_unstable();
+        customers.dedup();
+        sqlx::query(
+            "INSERT INTO customers (customer_id, credit_limit_cents)
+             SELECT id, $2 FROM UNNEST($1::text[]) AS ids(id) ORDER BY id
+             ON CONFLICT (customer_id) DO NOTHING",
+        )
+        .bind(&customers)
+        .bind(self.credit_limit_cents)
+        .execute(&mut *transaction)
+        .await?;
+        sqlx::query(
+            "SELECT 1 FROM customers WHERE customer_id = ANY($1) ORDER BY customer_id FOR UPDATE",
+        )
+        .bind(&customers)
+        .execute(&mut *transaction)
+        .await?;
+        Ok(())
+    }
+
     async fn handle(
         &self,
         transaction: &mut PgConnection,

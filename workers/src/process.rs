@@ -1,9 +1,9 @@
 //! One delivery, start to finish: decode, transaction, inbox claim, handler,
-//! outbox, commit, and only then acknowledge.
+//! outbox, commit, and only then acknowledge; and the same for a batch of
+//! deliveries that were ready together, in one transaction.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -17,7 +17,8 @@ use fleet_outbox::Claim;
 
 use crate::handler::{Handler, HandlerError};
 use crate::metrics::{
-    CONSUMED, DEAD_LETTERED, DUPLICATES, HANDLED, HANDLER_SECONDS, RETRIED, SETTLE_FAILURES,
+    BATCH_EVENTS, BATCH_FALLBACKS, CONSUMED, DEAD_LETTERED, DUPLICATES, HANDLED, HANDLER_SECONDS,
+    RETRIED, SETTLE_FAILURES,
 };
 
 /// What every delivery of one worker replica needs.
@@ -36,37 +37,96 @@ enum Handled {
 }
 
 impl<H: Handler> Processor<H> {
-    pub(crate) async fn process(self: Arc<Self>, delivery: Delivery) {
+    /// Handles one delivery on its own.
+    pub(crate) async fn process(&self, delivery: Delivery) {
         let started = Instant::now();
+        if let Some((delivery, envelope)) = self.decode(delivery).await {
+            self.process_decoded(delivery, envelope, started).await;
+        }
+    }
+
+    /// Handles deliveries that were ready together: one transaction, one
+    /// inbox insert, one outbox insert and one commit for all of them, then
+    /// each is acknowledged. If any of them fails, the transaction is
+    /// rolled back and each is handled again on its own, so one bad event
+    /// costs its neighbours nothing but time.
+    pub(crate) async fn process_batch(&self, deliveries: Vec<Delivery>) {
+        let started = Instant::now();
+        let mut ready = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            if let Some(decoded) = self.decode(delivery).await {
+                ready.push(decoded);
+            }
+        }
+        ::metrics::histogram!(BATCH_EVENTS, "worker" => H::WORKER.name())
+            .record(ready.len() as f64);
+        if ready.len() <= 1 {
+            for (delivery, envelope) in ready {
+                self.process_decoded(delivery, envelope, started).await;
+            }
+            return;
+        }
+        let envelopes: Vec<(&Envelope, u32)> = ready
+            .iter()
+            .map(|(delivery, envelope)| (envelope, delivery.info().attempt))
+            .collect();
+        let worker = H::WORKER.name();
+        match self.handle_together(&envelopes).await {
+            Ok(handled) => {
+                let acks = ready.into_iter().zip(handled).map(|((delivery, envelope), handled)| async move {
+                    settle(delivery.ack().await);
+                    let event_type = envelope.event_type();
+                    match handled {
+                        Handled::Done => ::metrics::counter!(HANDLED, "worker" => worker, "type" => event_type.as_str())
+                            .increment(1),
+                        Handled::Duplicate => ::metrics::counter!(DUPLICATES, "worker" => worker).increment(1),
+                    }
+                    ::metrics::histogram!(HANDLER_SECONDS, "worker" => worker, "type" => event_type.as_str())
+                        .record(started.elapsed().as_secs_f64());
+                });
+                futures_util::future::join_all(acks).await;
+            }
+            Err(error) => {
+                debug!(worker, %error, events = ready.len(), "batch failed; handling its events one at a time");
+                ::metrics::counter!(BATCH_FALLBACKS, "worker" => worker).increment(1);
+                for (delivery, envelope) in ready {
+                    self.process_decoded(delivery, envelope, Instant::now())
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Decodes the delivery's envelope. Poison (and an event this worker
+    /// does not consume) never reaches a transaction: it is dead-lettered
+    /// at once, and the messages behind it flow on.
+    async fn decode(&self, delivery: Delivery) -> Option<(Delivery, Envelope)> {
         let worker = H::WORKER.name();
         ::metrics::counter!(CONSUMED, "worker" => worker).increment(1);
-        let attempt = delivery.info().attempt;
-
-        // Poison never reaches a transaction: it is dead-lettered at once,
-        // and the messages behind it flow on.
-        let envelope = match Envelope::decode(delivery.body(), self.max_event_bytes) {
-            Ok(envelope) => envelope,
+        match Envelope::decode(delivery.body(), self.max_event_bytes) {
+            Ok(envelope) if H::WORKER.consumes().contains(&envelope.event_type()) => {
+                Some((delivery, envelope))
+            }
+            Ok(envelope) => {
+                let reason = format!("{worker} does not consume {}", envelope.event_type());
+                dead_letter(delivery, "unexpected_type", &reason).await;
+                None
+            }
             Err(error) => {
                 warn!(worker, %error, position = %delivery.info().position, "poison event dead-lettered");
                 dead_letter(delivery, error.kind(), &error.to_string()).await;
-                return;
+                None
             }
-        };
-        let event_type = envelope.event_type();
-        if !H::WORKER.consumes().contains(&event_type) {
-            let reason = format!("{worker} does not consume {event_type}");
-            dead_letter(delivery, "unexpected_type", &reason).await;
-            return;
         }
+    }
 
-        let span = info_span!(
-            "event",
-            worker,
-            event_id = %envelope.id,
-            event_type = %event_type,
-            correlation_id = %envelope.correlation_id,
-            attempt,
-        );
+    /// One decoded event on its own: its transaction, then ack, retry or
+    /// dead letter.
+    async fn process_decoded(&self, delivery: Delivery, envelope: Envelope, started: Instant) {
+        let worker = H::WORKER.name();
+        let attempt = delivery.info().attempt;
+        let event_type = envelope.event_type();
+        let span = event_span::<H>(&envelope, attempt);
         async move {
             match self.handle(&envelope).await {
                 Ok(Handled::Done) => {
@@ -120,7 +180,60 @@ impl<H: Handler> Processor<H> {
             transaction.commit().await?;
             return Ok(Handled::Duplicate);
         }
-        let emitted = AssertUnwindSafe(self.handler.handle(&mut transaction, envelope))
+        let emitted = self.run_handler(&mut transaction, envelope).await?;
+        fleet_outbox::enqueue(&mut transaction, &emitted).await?;
+        transaction.commit().await?;
+        Ok(Handled::Done)
+    }
+
+    /// The same for several events in one transaction, in the order given
+    /// (each sees the state the ones before it left). Any error rolls all
+    /// of them back.
+    async fn handle_together(
+        &self,
+        envelopes: &[(&Envelope, u32)],
+    ) -> Result<Vec<Handled>, HandlerError> {
+        let mut transaction = self.pool.begin().await?;
+        let ids: Vec<uuid::Uuid> = envelopes.iter().map(|(envelope, _)| envelope.id).collect();
+        let claims = fleet_outbox::claim_all(&mut transaction, H::WORKER.name(), &ids).await?;
+        let fresh: Vec<(&Envelope, u32)> = envelopes
+            .iter()
+            .zip(&claims)
+            .filter(|(_, claim)| **claim == Claim::New)
+            .map(|(event, _)| *event)
+            .collect();
+        let events: Vec<&Envelope> = fresh.iter().map(|(envelope, _)| *envelope).collect();
+        AssertUnwindSafe(self.handler.lock_batch(&mut transaction, &events))
+            .catch_unwind()
+            .await
+            .map_err(|panic| HandlerError::Panicked(panic_message(panic.as_ref())))??;
+        let mut emitted = Vec::new();
+        for (envelope, attempt) in fresh {
+            let span = event_span::<H>(envelope, attempt);
+            emitted.extend(
+                self.run_handler(&mut transaction, envelope)
+                    .instrument(span)
+                    .await?,
+            );
+        }
+        fleet_outbox::enqueue(&mut transaction, &emitted).await?;
+        transaction.commit().await?;
+        Ok(claims
+            .into_iter()
+            .map(|claim| match claim {
+                Claim::New => Handled::Done,
+                Claim::Duplicate => Handled::Duplicate,
+            })
+            .collect())
+    }
+
+    /// The handler itself, with panics caught and what it emits checked.
+    async fn run_handler(
+        &self,
+        transaction: &mut sqlx::PgConnection,
+        envelope: &Envelope,
+    ) -> Result<Vec<Envelope>, HandlerError> {
+        let emitted = AssertUnwindSafe(self.handler.handle(transaction, envelope))
             .catch_unwind()
             .await
             .map_err(|panic| HandlerError::Panicked(panic_message(panic.as_ref())))??;
@@ -133,10 +246,20 @@ impl<H: Handler> Processor<H> {
                 )
             })?;
         }
-        fleet_outbox::enqueue(&mut transaction, &emitted).await?;
-        transaction.commit().await?;
-        Ok(Handled::Done)
+        Ok(emitted)
     }
+}
+
+/// The tracing span of one event.
+fn event_span<H: Handler>(envelope: &Envelope, attempt: u32) -> tracing::Span {
+    info_span!(
+        "event",
+        worker = H::WORKER.name(),
+        event_id = %envelope.id,
+        event_type = %envelope.event_type(),
+        correlation_id = %envelope.correlation_id,
+        attempt,
+    )
 }
 
 impl<H> Processor<H> {

@@ -169,8 +169,14 @@ pub async fn start<H: Handler>(
     })
 }
 
-/// Takes deliveries and processes up to `worker.concurrency` at once. On
-/// shutdown: stop fetching, process what was already fetched, wait for
+/// Takes deliveries and processes up to `worker.concurrency` batches at
+/// once. A slot takes the next delivery and whatever else is already
+/// fetched (up to `worker.max_batch`): under light load that is one
+/// delivery, handled as soon as it arrives; when every slot is busy,
+/// deliveries wait in the prefetch buffer and the next free slot takes them
+/// together, one commit for all.
+///
+/// On shutdown: stop fetching, process what was already fetched, wait for
 /// in-flight work (up to `worker.shutdown_timeout_ms`), then close. Anything
 /// unfinished by then was never acknowledged, so the broker delivers it again.
 async fn consume<H: Handler>(
@@ -180,21 +186,37 @@ async fn consume<H: Handler>(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(settings.worker.concurrency));
+    let max_batch = settings.worker.max_batch;
     let mut in_flight = JoinSet::new();
     loop {
-        tokio::select! {
+        let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-            next = consumer.next() => {
-                let Some(delivery) = next else { break };
-                let Ok(permit) = permits.clone().acquire_owned().await else { break };
-                let processor = processor.clone();
-                in_flight.spawn(async move {
-                    processor.process(delivery).await;
-                    drop(permit);
-                });
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = consumer.next() => match next {
+                Some(delivery) => delivery,
+                None => break,
+            },
+        };
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match consumer.try_next() {
+                Some(delivery) => batch.push(delivery),
+                None => break,
             }
         }
+        let processor = processor.clone();
+        in_flight.spawn(async move {
+            processor.process_batch(batch).await;
+            drop(permit);
+        });
+        while in_flight.try_join_next().is_some() {}
     }
 
     consumer.stop();

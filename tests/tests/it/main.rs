@@ -31,6 +31,7 @@ macro_rules! on_both_transports {
     };
 }
 
+mod batching;
 mod binaries;
 mod broker;
 mod chaos;
