@@ -14,6 +14,11 @@ fn outbox_migrations() -> Vec<Migration> {
     vec![
         migration(1, "outbox", include_str!("../migrations/1_outbox.sql")),
         migration(2, "inbox", include_str!("../migrations/2_inbox.sql")),
+        migration(
+            3,
+            "outbox vacuum",
+            include_str!("../migrations/3_outbox_vacuum.sql"),
+        ),
     ]
 }
 

@@ -117,18 +117,6 @@ async fn reserve(
     transaction: &mut PgConnection,
     placed: &OrderPlaced,
 ) -> Result<Option<EventData>, HandlerError> {
-    let claimed = sqlx::query(
-        "INSERT INTO reservations (order_id, status) VALUES ($1, 'reserved') ON CONFLICT (order_id) DO NOTHING",
-    )
-    .bind(placed.order_id)
-    .execute(&mut *transaction)
-    .await?
-    .rows_affected();
-    if claimed == 0 {
-        tracing::info!(order_id = %placed.order_id, "order already reserved or rejected; nothing to do");
-        return Ok(None);
-    }
-
     // One line per SKU, even if the order lists a SKU twice.
     let mut wanted: BTreeMap<&str, i64> = BTreeMap::new();
     for item in &placed.items {
@@ -136,12 +124,15 @@ async fn reserve(
     }
     let skus: Vec<&str> = wanted.keys().copied().collect();
     let quantities: Vec<i64> = wanted.values().copied().collect();
-    // One statement locks the order's stock rows (in SKU order, so that two
-    // orders never deadlock), judges all-or-nothing, takes the stock and
-    // records the lines. The rows stay locked until commit, so every round
+    // One statement, one round trip: lock the order's stock rows (in SKU
+    // order, so that two orders never deadlock), judge all-or-nothing,
+    // record the reservation with its verdict (a redelivery finds it and
+    // changes nothing), take the stock and record the lines. The rows stay
+    // locked until commit, and a few SKUs take most orders, so every round
     // trip saved here is time other orders for the same SKUs do not wait.
-    let (unknown, short): (Option<String>, Option<String>) = sqlx::query_as(
-        "WITH wanted AS (
+    // SKUs compare byte-wise (COLLATE "C"), as Rust strings do.
+    let (claimed, unknown, short): (i64, Option<String>, Option<String>) = sqlx::query_as(
+        r#"WITH wanted AS (
              SELECT * FROM UNNEST($2::text[], $3::bigint[]) AS w(sku, quantity)
          ),
          locked AS (
@@ -151,29 +142,49 @@ async fn reserve(
              FOR UPDATE OF s
          ),
          verdict AS (
-             SELECT (SELECT min(w.sku) FROM wanted w
+             SELECT (SELECT min(w.sku COLLATE "C") FROM wanted w
                      WHERE NOT EXISTS (SELECT 1 FROM locked l WHERE l.sku = w.sku)) AS unknown_sku,
-                    (SELECT min(sku) FROM locked WHERE available < quantity) AS short_sku
+                    (SELECT min(sku COLLATE "C") FROM locked WHERE available < quantity) AS short_sku
+         ),
+         judged AS (
+             SELECT CASE
+                        WHEN unknown_sku IS NOT NULL
+                             AND (short_sku IS NULL OR unknown_sku < short_sku) THEN 'unknown_sku'
+                        WHEN short_sku IS NOT NULL THEN 'insufficient_stock'
+                    END AS reason
+             FROM verdict
+         ),
+         claimed AS (
+             INSERT INTO reservations (order_id, status, reason)
+             SELECT $1, CASE WHEN reason IS NULL THEN 'reserved' ELSE 'rejected' END, reason
+             FROM judged
+             ON CONFLICT (order_id) DO NOTHING
+             RETURNING status
          ),
          taken AS (
              UPDATE stock s SET available = s.available - l.quantity
-             FROM locked l, verdict v
-             WHERE s.sku = l.sku AND v.unknown_sku IS NULL AND v.short_sku IS NULL
+             FROM locked l
+             WHERE s.sku = l.sku AND EXISTS (SELECT 1 FROM claimed WHERE status = 'reserved')
              RETURNING s.sku, l.quantity
          ),
          lines AS (
              INSERT INTO reservation_lines (order_id, sku, quantity)
              SELECT $1, sku, quantity FROM taken
          )
-         SELECT unknown_sku, short_sku FROM verdict",
+         SELECT (SELECT count(*) FROM claimed), unknown_sku, short_sku FROM verdict"#,
     )
     .bind(placed.order_id)
     .bind(&skus)
     .bind(&quantities)
     .fetch_one(&mut *transaction)
     .await?;
+    if claimed == 0 {
+        tracing::info!(order_id = %placed.order_id, "order already reserved or rejected; nothing to do");
+        return Ok(None);
+    }
 
-    // The first SKU (in order) that fails the order, as before.
+    // The first SKU (in order) that fails the order, as the statement
+    // judged it.
     let shortfall = match (unknown, short) {
         (Some(unknown), Some(short)) if short < unknown => {
             Some((StockRejectionReason::InsufficientStock, short))
@@ -183,11 +194,6 @@ async fn reserve(
         (None, None) => None,
     };
     if let Some((reason, sku)) = shortfall {
-        sqlx::query("UPDATE reservations SET status = 'rejected', reason = $2 WHERE order_id = $1")
-            .bind(placed.order_id)
-            .bind(reason.as_str())
-            .execute(&mut *transaction)
-            .await?;
         return Ok(Some(EventData::from(StockRejected {
             order_id: placed.order_id,
             reason,
