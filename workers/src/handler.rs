@@ -39,6 +39,25 @@ pub trait Handler: Send + Sync + Sized + 'static {
         event: &Envelope,
     ) -> impl Future<Output = Result<Vec<Envelope>, HandlerError>> + Send;
 
+    /// Handles several decoded events, in order, inside one transaction
+    /// (each sees what the ones before it changed); returns what each
+    /// emits, one list per event. The default calls [`Handler::handle`] for
+    /// each; a worker whose events queue on the same rows can do a whole
+    /// batch in fewer round trips, so those rows stay locked for less time.
+    fn handle_batch(
+        &self,
+        transaction: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> impl Future<Output = Result<Vec<Vec<Envelope>>, HandlerError>> + Send {
+        async move {
+            let mut emitted = Vec::with_capacity(events.len());
+            for event in events {
+                emitted.push(self.handle(&mut *transaction, event).await?);
+            }
+            Ok(emitted)
+        }
+    }
+
     /// Runs first when several events are handled in one transaction (see
     /// `worker.max_batch`): locks the rows the batch will update in one
     /// global order, so two replicas' batches over the same rows (hot SKUs,

@@ -3,6 +3,10 @@
 //!
 //! SKU rows are locked in SKU order, so two reservations over the same SKUs
 //! never deadlock; a reservation row per order makes redeliveries harmless.
+//! The reservation itself is a function in the worker's schema
+//! (`reserve_orders`, migration 101) that judges any number of orders in one
+//! call: a few SKUs take most orders, and every round trip made while their
+//! rows are locked is time every other order waits.
 
 use std::collections::BTreeMap;
 
@@ -32,11 +36,18 @@ impl Handler for InventoryWorker {
     }
 
     fn migrations() -> Vec<Migration> {
-        vec![fleet_outbox::migration(
-            100,
-            "stock",
-            include_str!("../migrations/inventory/100_stock.sql"),
-        )]
+        vec![
+            fleet_outbox::migration(
+                100,
+                "stock",
+                include_str!("../migrations/inventory/100_stock.sql"),
+            ),
+            fleet_outbox::migration(
+                101,
+                "reserve_orders",
+                include_str!("../migrations/inventory/101_reserve_orders.sql"),
+            ),
+        ]
     }
 
     /// Seeds SKUs that are not stocked yet; existing stock is never reset,
@@ -95,117 +106,142 @@ impl Handler for InventoryWorker {
         transaction: &mut PgConnection,
         event: &Envelope,
     ) -> Result<Vec<Envelope>, HandlerError> {
+        let mut emitted = self.handle_batch(transaction, &[event]).await?;
+        Ok(emitted.pop().unwrap_or_default())
+    }
+
+    /// Consecutive `order.placed` events are reserved in one call; a
+    /// `payment.declined` between them is released on its own, in its place.
+    async fn handle_batch(
+        &self,
+        transaction: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<Vec<Vec<Envelope>>, HandlerError> {
         let source = Self::WORKER.name();
-        let data = match &event.data {
-            EventData::OrderPlaced(placed) => reserve(transaction, placed).await?,
-            EventData::PaymentDeclined(declined) => release(transaction, declined.order_id).await?,
-            other => {
-                return Err(HandlerError::permanent(
-                    "unexpected_type",
-                    format!("inventory-worker does not handle {}", other.event_type()),
-                ));
+        let mut emitted: Vec<Vec<Envelope>> = Vec::with_capacity(events.len());
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            let placed: Vec<&OrderPlaced> = rest
+                .iter()
+                .map_while(|event| match &event.data {
+                    EventData::OrderPlaced(placed) => Some(placed),
+                    _ => None,
+                })
+                .collect();
+            if placed.is_empty() {
+                let data = match &first.data {
+                    EventData::PaymentDeclined(declined) => {
+                        release(transaction, declined.order_id).await?
+                    }
+                    other => {
+                        return Err(HandlerError::permanent(
+                            "unexpected_type",
+                            format!("inventory-worker does not handle {}", other.event_type()),
+                        ));
+                    }
+                };
+                emitted.push(
+                    data.into_iter()
+                        .map(|data| Envelope::caused_by(first, source, data))
+                        .collect(),
+                );
+                rest = &rest[1..];
+                continue;
             }
-        };
-        Ok(data
-            .into_iter()
-            .map(|data| Envelope::caused_by(event, source, data))
-            .collect())
+            let verdicts = reserve(transaction, &placed).await?;
+            for (event, data) in rest.iter().zip(verdicts) {
+                emitted.push(
+                    data.into_iter()
+                        .map(|data| Envelope::caused_by(event, source, data))
+                        .collect(),
+                );
+            }
+            rest = &rest[placed.len()..];
+        }
+        Ok(emitted)
     }
 }
 
+/// Reserves stock for consecutive `order.placed` events: one call of the
+/// schema's `reserve_orders` (migration 101), which judges them in order,
+/// each all-or-nothing, so the hot stock rows stay locked for one round
+/// trip however many orders there are. Returns what each order emits:
+/// nothing for one that was already reserved or rejected (a redelivery).
 async fn reserve(
     transaction: &mut PgConnection,
-    placed: &OrderPlaced,
-) -> Result<Option<EventData>, HandlerError> {
-    // One line per SKU, even if the order lists a SKU twice.
-    let mut wanted: BTreeMap<&str, i64> = BTreeMap::new();
-    for item in &placed.items {
-        *wanted.entry(item.sku.as_str()).or_default() += i64::from(item.quantity);
-    }
-    let skus: Vec<&str> = wanted.keys().copied().collect();
-    let quantities: Vec<i64> = wanted.values().copied().collect();
-    // One statement, one round trip: lock the order's stock rows (in SKU
-    // order, so that two orders never deadlock), judge all-or-nothing,
-    // record the reservation with its verdict (a redelivery finds it and
-    // changes nothing), take the stock and record the lines. The rows stay
-    // locked until commit, and a few SKUs take most orders, so every round
-    // trip saved here is time other orders for the same SKUs do not wait.
-    // SKUs compare byte-wise (COLLATE "C"), as Rust strings do.
-    let (claimed, unknown, short): (i64, Option<String>, Option<String>) = sqlx::query_as(
-        r#"WITH wanted AS (
-             SELECT * FROM UNNEST($2::text[], $3::bigint[]) AS w(sku, quantity)
-         ),
-         locked AS (
-             SELECT s.sku, s.available, w.quantity
-             FROM stock s JOIN wanted w USING (sku)
-             ORDER BY s.sku
-             FOR UPDATE OF s
-         ),
-         verdict AS (
-             SELECT (SELECT min(w.sku COLLATE "C") FROM wanted w
-                     WHERE NOT EXISTS (SELECT 1 FROM locked l WHERE l.sku = w.sku)) AS unknown_sku,
-                    (SELECT min(sku COLLATE "C") FROM locked WHERE available < quantity) AS short_sku
-         ),
-         judged AS (
-             SELECT CASE
-                        WHEN unknown_sku IS NOT NULL
-                             AND (short_sku IS NULL OR unknown_sku < short_sku) THEN 'unknown_sku'
-                        WHEN short_sku IS NOT NULL THEN 'insufficient_stock'
-                    END AS reason
-             FROM verdict
-         ),
-         claimed AS (
-             INSERT INTO reservations (order_id, status, reason)
-             SELECT $1, CASE WHEN reason IS NULL THEN 'reserved' ELSE 'rejected' END, reason
-             FROM judged
-             ON CONFLICT (order_id) DO NOTHING
-             RETURNING status
-         ),
-         taken AS (
-             UPDATE stock s SET available = s.available - l.quantity
-             FROM locked l
-             WHERE s.sku = l.sku AND EXISTS (SELECT 1 FROM claimed WHERE status = 'reserved')
-             RETURNING s.sku, l.quantity
-         ),
-         lines AS (
-             INSERT INTO reservation_lines (order_id, sku, quantity)
-             SELECT $1, sku, quantity FROM taken
-         )
-         SELECT (SELECT count(*) FROM claimed), unknown_sku, short_sku FROM verdict"#,
-    )
-    .bind(placed.order_id)
-    .bind(&skus)
-    .bind(&quantities)
-    .fetch_one(&mut *transaction)
-    .await?;
-    if claimed == 0 {
-        tracing::info!(order_id = %placed.order_id, "order already reserved or rejected; nothing to do");
-        return Ok(None);
-    }
-
-    // The first SKU (in order) that fails the order, as the statement
-    // judged it.
-    let shortfall = match (unknown, short) {
-        (Some(unknown), Some(short)) if short < unknown => {
-            Some((StockRejectionReason::InsufficientStock, short))
+    orders: &[&OrderPlaced],
+) -> Result<Vec<Option<EventData>>, HandlerError> {
+    let order_ids: Vec<uuid::Uuid> = orders.iter().map(|placed| placed.order_id).collect();
+    let mut line_order: Vec<i32> = Vec::new();
+    let mut line_skus: Vec<&str> = Vec::new();
+    let mut line_quantities: Vec<i64> = Vec::new();
+    for (position, placed) in orders.iter().enumerate() {
+        // One line per SKU, even if the order lists a SKU twice.
+        let mut wanted: BTreeMap<&str, i64> = BTreeMap::new();
+        for item in &placed.items {
+            *wanted.entry(item.sku.as_str()).or_default() += i64::from(item.quantity);
         }
-        (Some(unknown), _) => Some((StockRejectionReason::UnknownSku, unknown)),
-        (None, Some(short)) => Some((StockRejectionReason::InsufficientStock, short)),
-        (None, None) => None,
-    };
-    if let Some((reason, sku)) = shortfall {
-        return Ok(Some(EventData::from(StockRejected {
-            order_id: placed.order_id,
-            reason,
-            sku,
-        })));
+        // Batches hold at most worker.max_batch (<= 1,000) events.
+        let index = i32::try_from(position + 1).unwrap_or(i32::MAX);
+        for (sku, quantity) in wanted {
+            line_order.push(index);
+            line_skus.push(sku);
+            line_quantities.push(quantity);
+        }
     }
-    Ok(Some(EventData::from(StockReserved {
-        order_id: placed.order_id,
-        customer_id: placed.customer_id.clone(),
-        items: placed.items.clone(),
-        total_cents: placed.total_cents,
-    })))
+    let verdicts: Vec<(uuid::Uuid, bool, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT order_id, claimed, unknown_sku, short_sku
+         FROM reserve_orders($1::uuid[], $2::int[], $3::text[], $4::bigint[])",
+    )
+    .bind(&order_ids)
+    .bind(&line_order)
+    .bind(&line_skus)
+    .bind(&line_quantities)
+    .fetch_all(&mut *transaction)
+    .await?;
+    if verdicts.len() != orders.len() {
+        return Err(HandlerError::permanent(
+            "invariant",
+            format!(
+                "reserve_orders judged {} of {} orders",
+                verdicts.len(),
+                orders.len()
+            ),
+        ));
+    }
+    Ok(orders
+        .iter()
+        .zip(verdicts)
+        .map(|(placed, (_, claimed, unknown, short))| {
+            if !claimed {
+                tracing::info!(order_id = %placed.order_id, "order already reserved or rejected; nothing to do");
+                return None;
+            }
+            // The first SKU (in order) that fails the order, as the
+            // function judged it.
+            let shortfall = match (unknown, short) {
+                (Some(unknown), Some(short)) if short < unknown => {
+                    Some((StockRejectionReason::InsufficientStock, short))
+                }
+                (Some(unknown), _) => Some((StockRejectionReason::UnknownSku, unknown)),
+                (None, Some(short)) => Some((StockRejectionReason::InsufficientStock, short)),
+                (None, None) => None,
+            };
+            Some(match shortfall {
+                Some((reason, sku)) => EventData::from(StockRejected {
+                    order_id: placed.order_id,
+                    reason,
+                    sku,
+                }),
+                None => EventData::from(StockReserved {
+                    order_id: placed.order_id,
+                    customer_id: placed.customer_id.clone(),
+                    items: placed.items.clone(),
+                    total_cents: placed.total_cents,
+                }),
+            })
+        })
+        .collect())
 }
 
 /// Gives a declined order's stock back, once.

@@ -66,10 +66,7 @@ impl<H: Handler> Processor<H> {
             }
             return;
         }
-        let envelopes: Vec<(&Envelope, u32)> = ready
-            .iter()
-            .map(|(delivery, envelope)| (envelope, delivery.info().attempt))
-            .collect();
+        let envelopes: Vec<&Envelope> = ready.iter().map(|(_, envelope)| envelope).collect();
         let worker = H::WORKER.name();
         match self.handle_together(&envelopes).await {
             Ok(handled) => {
@@ -189,33 +186,31 @@ impl<H: Handler> Processor<H> {
     /// The same for several events in one transaction, in the order given
     /// (each sees the state the ones before it left). Any error rolls all
     /// of them back.
-    async fn handle_together(
-        &self,
-        envelopes: &[(&Envelope, u32)],
-    ) -> Result<Vec<Handled>, HandlerError> {
+    async fn handle_together(&self, envelopes: &[&Envelope]) -> Result<Vec<Handled>, HandlerError> {
         let mut transaction = self.pool.begin().await?;
-        let ids: Vec<uuid::Uuid> = envelopes.iter().map(|(envelope, _)| envelope.id).collect();
+        let ids: Vec<uuid::Uuid> = envelopes.iter().map(|envelope| envelope.id).collect();
         let claims = fleet_outbox::claim_all(&mut transaction, H::WORKER.name(), &ids).await?;
-        let fresh: Vec<(&Envelope, u32)> = envelopes
+        let events: Vec<&Envelope> = envelopes
             .iter()
             .zip(&claims)
             .filter(|(_, claim)| **claim == Claim::New)
             .map(|(event, _)| *event)
             .collect();
-        let events: Vec<&Envelope> = fresh.iter().map(|(envelope, _)| *envelope).collect();
-        AssertUnwindSafe(self.handler.lock_batch(&mut transaction, &events))
-            .catch_unwind()
-            .await
-            .map_err(|panic| HandlerError::Panicked(panic_message(panic.as_ref())))??;
-        let mut emitted = Vec::new();
-        for (envelope, attempt) in fresh {
-            let span = event_span::<H>(envelope, attempt);
-            emitted.extend(
-                self.run_handler(&mut transaction, envelope)
-                    .instrument(span)
-                    .await?,
-            );
+        let span = info_span!("batch", worker = H::WORKER.name(), events = events.len());
+        let emitted = async {
+            AssertUnwindSafe(self.handler.lock_batch(&mut transaction, &events))
+                .catch_unwind()
+                .await
+                .map_err(|panic| HandlerError::Panicked(panic_message(panic.as_ref())))??;
+            AssertUnwindSafe(self.handler.handle_batch(&mut transaction, &events))
+                .catch_unwind()
+                .await
+                .map_err(|panic| HandlerError::Panicked(panic_message(panic.as_ref())))?
         }
+        .instrument(span)
+        .await?;
+        let emitted: Vec<Envelope> = emitted.into_iter().flatten().collect();
+        validate_emitted(&emitted)?;
         fleet_outbox::enqueue(&mut transaction, &emitted).await?;
         transaction.commit().await?;
         Ok(claims
@@ -237,17 +232,22 @@ impl<H: Handler> Processor<H> {
             .catch_unwind()
             .await
             .map_err(|panic| HandlerError::Panicked(panic_message(panic.as_ref())))??;
-        for event in &emitted {
-            // What consumers would dead-letter must never leave this worker.
-            event.data.validate().map_err(|error| {
-                HandlerError::permanent(
-                    "invalid_emitted_event",
-                    format!("{}: {error}", event.event_type()),
-                )
-            })?;
-        }
+        validate_emitted(&emitted)?;
         Ok(emitted)
     }
+}
+
+/// What consumers would dead-letter must never leave this worker.
+fn validate_emitted(emitted: &[Envelope]) -> Result<(), HandlerError> {
+    for event in emitted {
+        event.data.validate().map_err(|error| {
+            HandlerError::permanent(
+                "invalid_emitted_event",
+                format!("{}: {error}", event.event_type()),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// The tracing span of one event.

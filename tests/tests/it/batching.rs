@@ -21,6 +21,7 @@ on_both_transports!(
 );
 
 const ORDERS: usize = 400;
+const SCARCE_ORDERS: usize = 6;
 /// Events the handler refuses (payment declined for an order inventory
 /// never saw): permanent, dead-lettered at once.
 const UNKNOWN: usize = 8;
@@ -90,6 +91,29 @@ async fn a_backlog_is_handled_in_batches_and_a_failing_event_costs_its_batch_not
         }
     }
     assert_eq!(unknown.len(), UNKNOWN);
+    // Orders for the scarce SKU (10 in stock), 3 units each, among the
+    // others: three fit, the rest are rejected, all-or-nothing, whichever
+    // batch they land in.
+    let mut scarce = Vec::new();
+    for n in 0..SCARCE_ORDERS {
+        let order_id = Uuid::now_v7();
+        scarce.push(order_id);
+        let placed = OrderPlaced {
+            order_id,
+            customer_id: format!("s{n}"),
+            items: vec![OrderItem {
+                sku: "SKU-SCARCE".to_owned(),
+                quantity: 3,
+                unit_price_cents: 100,
+            }],
+            total_cents: 300,
+        };
+        let at = (n + 1) * events.len() / (SCARCE_ORDERS + 1);
+        events.insert(
+            at,
+            Envelope::new("test", EventData::from(placed), order_id, None),
+        );
+    }
     fleet.submit(&events).await;
     fleet.add::<InventoryWorker>(1).await;
 
@@ -102,12 +126,13 @@ async fn a_backlog_is_handled_in_batches_and_a_failing_event_costs_its_batch_not
             .await
             .unwrap_or(0);
         let dead = fleet.dead_letters().await[Worker::Inventory.name()];
-        if judged as usize >= ORDERS && dead as usize >= UNKNOWN {
+        if judged as usize >= ORDERS + SCARCE_ORDERS && dead as usize >= UNKNOWN {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{judged} of {ORDERS} orders judged, {dead} of {UNKNOWN} dead letters"
+            "{judged} of {} orders judged, {dead} of {UNKNOWN} dead letters",
+            ORDERS + SCARCE_ORDERS
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -123,7 +148,15 @@ async fn a_backlog_is_handled_in_batches_and_a_failing_event_costs_its_batch_not
     for (order_id, event_type) in emitted {
         per_order.entry(order_id).or_default().push(event_type);
     }
-    assert_eq!(per_order.len(), ORDERS, "one judgement per order");
+    assert_eq!(
+        per_order.len(),
+        ORDERS + SCARCE_ORDERS,
+        "one judgement per order"
+    );
+    let scarce_types: Vec<String> = scarce
+        .iter()
+        .flat_map(|order_id| per_order.remove(order_id).unwrap_or_default())
+        .collect();
     assert!(
         per_order
             .values()
@@ -131,6 +164,27 @@ async fn a_backlog_is_handled_in_batches_and_a_failing_event_costs_its_batch_not
         "each order reserved exactly once: {:?}",
         per_order.values().find(|types| types.len() != 1)
     );
+    assert_eq!(scarce_types.len(), SCARCE_ORDERS, "{scarce_types:?}");
+    let scarce_reserved = scarce_types
+        .iter()
+        .filter(|event_type| *event_type == "stock.reserved")
+        .count();
+    assert_eq!(
+        (scarce_reserved, SCARCE_ORDERS - scarce_reserved),
+        (3, SCARCE_ORDERS - 3),
+        "10 scarce units fit three orders of 3: {scarce_types:?}"
+    );
+    assert!(
+        scarce_types
+            .iter()
+            .all(|event_type| event_type == "stock.reserved" || event_type == "stock.rejected")
+    );
+    let scarce_left: i64 =
+        sqlx::query_scalar("SELECT available FROM inventory_worker.stock WHERE sku = 'SKU-SCARCE'")
+            .fetch_one(db)
+            .await
+            .unwrap();
+    assert_eq!(scarce_left, 1);
     let (taken, lines): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT sum(initial - available) FROM inventory_worker.stock)::bigint,
                 (SELECT sum(quantity) FROM inventory_worker.reservation_lines)::bigint",
@@ -138,7 +192,7 @@ async fn a_backlog_is_handled_in_batches_and_a_failing_event_costs_its_batch_not
     .fetch_one(db)
     .await
     .unwrap();
-    assert_eq!(taken, (ORDERS * 3) as i64, "stock taken once per order");
+    assert_eq!(taken, (ORDERS * 3 + 9) as i64, "stock taken once per order");
     assert_eq!(lines, taken, "reservation lines match the stock taken");
 
     let letters = fleet
