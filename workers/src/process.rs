@@ -12,7 +12,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use fleet_broker::Delivery;
 use fleet_config::RetrySettings;
-use fleet_messages::Envelope;
+use fleet_messages::{Envelope, EventType};
 use fleet_outbox::Claim;
 
 use crate::handler::{Handler, HandlerError};
@@ -71,13 +71,8 @@ impl<H: Handler> Processor<H> {
         match self.handle_together(&envelopes).await {
             Ok(handled) => {
                 let acks = ready.into_iter().zip(handled).map(|((delivery, envelope), handled)| async move {
-                    settle(delivery.ack().await);
                     let event_type = envelope.event_type();
-                    match handled {
-                        Handled::Done => ::metrics::counter!(HANDLED, "worker" => worker, "type" => event_type.as_str())
-                            .increment(1),
-                        Handled::Duplicate => ::metrics::counter!(DUPLICATES, "worker" => worker).increment(1),
-                    }
+                    acknowledge::<H>(delivery, event_type, handled).await;
                     ::metrics::histogram!(HANDLER_SECONDS, "worker" => worker, "type" => event_type.as_str())
                         .record(started.elapsed().as_secs_f64());
                 });
@@ -126,17 +121,7 @@ impl<H: Handler> Processor<H> {
         let span = event_span::<H>(&envelope, attempt);
         async move {
             match self.handle(&envelope).await {
-                Ok(Handled::Done) => {
-                    settle(delivery.ack().await);
-                    ::metrics::counter!(HANDLED, "worker" => worker, "type" => event_type.as_str())
-                        .increment(1);
-                    debug!("handled");
-                }
-                Ok(Handled::Duplicate) => {
-                    settle(delivery.ack().await);
-                    ::metrics::counter!(DUPLICATES, "worker" => worker).increment(1);
-                    debug!("duplicate acknowledged without effect");
-                }
+                Ok(handled) => acknowledge::<H>(delivery, event_type, handled).await,
                 Err(HandlerError::Permanent { kind, reason }) => {
                     warn!(kind, %reason, "event dead-lettered");
                     dead_letter(delivery, kind, &reason).await;
@@ -234,6 +219,23 @@ impl<H: Handler> Processor<H> {
             .map_err(|panic| HandlerError::Panicked(panic_message(panic.as_ref())))??;
         validate_emitted(&emitted)?;
         Ok(emitted)
+    }
+}
+
+/// Acknowledges a delivery whose transaction committed, and counts it.
+async fn acknowledge<H: Handler>(delivery: Delivery, event_type: EventType, handled: Handled) {
+    settle(delivery.ack().await);
+    let worker = H::WORKER.name();
+    match handled {
+        Handled::Done => {
+            ::metrics::counter!(HANDLED, "worker" => worker, "type" => event_type.as_str())
+                .increment(1);
+            debug!("handled");
+        }
+        Handled::Duplicate => {
+            ::metrics::counter!(DUPLICATES, "worker" => worker).increment(1);
+            debug!("duplicate acknowledged without effect");
+        }
     }
 }
 
