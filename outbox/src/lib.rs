@@ -5,7 +5,9 @@
 //!   replica may run at start-up at the same time.
 //! - [`enqueue`]: writes events into the outbox **inside the caller's
 //!   transaction**, so nothing reaches the broker unless that transaction
-//!   commits. It wakes a sleeping relay with a coalesced `NOTIFY`.
+//!   commits. It wakes a sleeping relay with a coalesced `NOTIFY`;
+//!   [`enqueue_for_local_relay`] skips that for a writer that rings its own
+//!   process's relay ([`RelayWakeup`]) after committing, as the workers do.
 //! - [`Relay`]: run by every replica. Claims unpublished rows with
 //!   `FOR UPDATE SKIP LOCKED` (so relays share the table without publishing a
 //!   row twice at once), publishes them with pipelined confirms, and marks
@@ -27,8 +29,8 @@ mod relay;
 mod retention;
 pub mod schema;
 
-pub use enqueue::enqueue;
+pub use enqueue::{enqueue, enqueue_for_local_relay};
 pub use inbox::{Claim, claim, claim_all};
-pub use relay::{Relay, RelayError, RelayOptions, RelayStatus};
+pub use relay::{Relay, RelayError, RelayOptions, RelayStatus, RelayWakeup};
 pub use retention::{Retention, RetentionOptions, Swept};
 pub use schema::{Schema, connect, migrate, migration};

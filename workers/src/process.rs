@@ -28,6 +28,9 @@ pub(crate) struct Processor<H> {
     pub(crate) pool: PgPool,
     pub(crate) retry: RetrySettings,
     pub(crate) max_event_bytes: usize,
+    /// Rung after a commit that wrote outbox rows, so this replica's relay
+    /// publishes them at once.
+    pub(crate) relay_wakeup: fleet_outbox::RelayWakeup,
 }
 
 /// How a delivery ended when nothing went wrong.
@@ -163,8 +166,11 @@ impl<H: Handler> Processor<H> {
             return Ok(Handled::Duplicate);
         }
         let emitted = self.run_handler(&mut transaction, envelope).await?;
-        fleet_outbox::enqueue(&mut transaction, &emitted).await?;
+        fleet_outbox::enqueue_for_local_relay(&mut transaction, &emitted).await?;
         transaction.commit().await?;
+        if !emitted.is_empty() {
+            self.relay_wakeup.rows_committed();
+        }
         Ok(Handled::Done)
     }
 
@@ -196,8 +202,11 @@ impl<H: Handler> Processor<H> {
         .await?;
         let emitted: Vec<Envelope> = emitted.into_iter().flatten().collect();
         validate_emitted(&emitted)?;
-        fleet_outbox::enqueue(&mut transaction, &emitted).await?;
+        fleet_outbox::enqueue_for_local_relay(&mut transaction, &emitted).await?;
         transaction.commit().await?;
+        if !emitted.is_empty() {
+            self.relay_wakeup.rows_committed();
+        }
         Ok(claims
             .into_iter()
             .map(|claim| match claim {

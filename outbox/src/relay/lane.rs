@@ -26,7 +26,7 @@ use tracing::warn;
 
 use fleet_broker::{OutgoingMessage, PublishOutcome};
 
-use super::{Relay, RelayError, STATUS_REFRESH, backoff};
+use super::{Relay, RelayError, STATUS_REFRESH, Spill, backoff};
 use crate::metrics::{OUTBOX_PUBLISHED, OUTBOX_REFUSED};
 
 /// A lane's connection, opened on first use and dropped after an error.
@@ -66,13 +66,19 @@ impl Lane {
 
 impl Relay {
     /// Runs one pass of `lane`; returns how many rows it claimed.
-    pub(super) async fn run_lane(&self, lane: &Lane, pass: Pass) -> Result<usize, RelayError> {
+    /// A claim that comes back full tells `spill`, so idle lanes join.
+    pub(super) async fn run_lane(
+        &self,
+        lane: &Lane,
+        pass: Pass,
+        spill: &Spill,
+    ) -> Result<usize, RelayError> {
         let mut slot = lane.connection.lock().await;
         let connection = match slot.as_mut() {
             Some(connection) => connection,
             None => slot.insert(self.connect_lane().await?),
         };
-        let result = self.cycle(connection, pass).await;
+        let result = self.cycle(connection, pass, spill).await;
         if result.is_err() {
             // Release the claimed rows now, so another lane (or relay) can
             // take them; if even that fails, drop the connection, which the
@@ -106,7 +112,12 @@ impl Relay {
     }
 
     /// Claims, publishes and marks batches on `connection`.
-    async fn cycle(&self, connection: &mut PgConnection, pass: Pass) -> Result<usize, RelayError> {
+    async fn cycle(
+        &self,
+        connection: &mut PgConnection,
+        pass: Pass,
+        spill: &Spill,
+    ) -> Result<usize, RelayError> {
         let started = Instant::now();
         let claim = self.claim_statement();
         let mut rows = sqlx::raw_sql(AssertSqlSafe(format!("BEGIN; {claim}")))
@@ -119,6 +130,9 @@ impl Relay {
                 return Ok(total);
             }
             total += rows.len();
+            if rows.len() >= usize::try_from(self.options.batch_size).unwrap_or(usize::MAX) {
+                spill.full_batch();
+            }
             let mut claimed = Vec::with_capacity(rows.len());
             let mut messages = Vec::with_capacity(rows.len());
             for row in &rows {

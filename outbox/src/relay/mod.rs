@@ -1,7 +1,7 @@
 //! The relay: publishes committed outbox rows and marks them published.
 //!
 //! [`Relay::run`] sleeps on `LISTEN` (with a poll as fallback) and drains
-//! the outbox through two [`lane`]s when woken.
+//! the outbox through up to three [`lane`]s when woken.
 
 mod lane;
 
@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -80,6 +81,8 @@ pub struct Relay {
     schema: Schema,
     options: RelayOptions,
     status: RelayStatus,
+    /// Rung by this replica's writers after they commit outbox rows.
+    wakeup: RelayWakeup,
     /// Test hook: abandon the next batch after publishing it, before marking
     /// it, as a crash there would.
     abandon_next_batch: AtomicBool,
@@ -103,12 +106,18 @@ impl Relay {
             schema,
             options,
             status: RelayStatus::default(),
+            wakeup: RelayWakeup::default(),
             abandon_next_batch: AtomicBool::new(false),
         }
     }
 
     pub fn status(&self) -> RelayStatus {
         self.status.clone()
+    }
+
+    /// What this replica's writers ring after committing outbox rows.
+    pub fn wakeup(&self) -> RelayWakeup {
+        self.wakeup.clone()
     }
 
     #[doc(hidden)]
@@ -153,6 +162,9 @@ impl Relay {
             if shutdown.is_cancelled() {
                 break;
             }
+            // Wake-ups sent while draining are answered: the backlog read
+            // below sees any row they were about.
+            while listener.next_buffered().is_some() {}
             let backlog = match self.announce_sleep().await {
                 Ok(backlog) => backlog,
                 Err(error) => {
@@ -190,6 +202,7 @@ impl Relay {
                     }
                     drain = true;
                 }
+                () = self.wakeup.0.notified() => drain = true,
                 _ = tokio::time::sleep(wait) => drain = backlog.pending > 0,
             }
         }
@@ -207,16 +220,40 @@ impl Relay {
     /// Publishes until no row is ready (or for at most [`STATUS_REFRESH`]);
     /// returns how many rows it claimed.
     ///
-    /// Two lanes claim and publish side by side (`SKIP LOCKED` keeps their
-    /// batches apart): while one waits for the broker's confirms, the other
-    /// claims or marks in Postgres, so neither side idles on a backlog.
+    /// The first lane always runs, until a claim finds nothing. The others
+    /// join when a claim comes back full (more rows are waiting) or when
+    /// this replica commits new rows ([`RelayWakeup`]) while the first lane
+    /// waits for the broker's confirms: then they claim and publish side by
+    /// side (`SKIP LOCKED` keeps their batches apart), so rows do not wait
+    /// for another batch's confirms. They do not claim on spec: every claim
+    /// that finds nothing is a transaction Postgres pays for.
     pub async fn drain(&self) -> Result<usize, RelayError> {
-        let passes = self
-            .lanes
-            .iter()
-            .map(|lane| self.run_lane(lane, Pass::WhileRowsCome));
-        let mut claimed = 0;
-        for pass in futures_util::future::join_all(passes).await {
+        let spill = Spill::default();
+        let first = async {
+            let claimed = self
+                .run_lane(&self.lanes[0], Pass::WhileRowsCome, &spill)
+                .await;
+            spill.done.cancel();
+            claimed
+        };
+        let others = self.lanes[1..].iter().map(|lane| {
+            let spill = &spill;
+            async move {
+                let mut claimed = 0;
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = spill.done.cancelled() => return Ok::<usize, RelayError>(claimed),
+                        () = spill.more.notified() => {}
+                        () = self.wakeup.0.notified() => {}
+                    }
+                    claimed += self.run_lane(lane, Pass::WhileRowsCome, spill).await?;
+                }
+            }
+        });
+        let (first, others) = tokio::join!(first, futures_util::future::join_all(others));
+        let mut claimed = first?;
+        for pass in others {
             claimed += pass?;
         }
         Ok(claimed)
@@ -225,7 +262,8 @@ impl Relay {
     /// Claims, publishes and marks one batch. Returns how many rows it
     /// claimed.
     pub async fn publish_batch(&self) -> Result<usize, RelayError> {
-        self.run_lane(&self.lanes[0], Pass::OneBatch).await
+        self.run_lane(&self.lanes[0], Pass::OneBatch, &Spill::default())
+            .await
     }
 
     /// Declares this relay asleep (so the next writer sends a `NOTIFY`) and,
@@ -257,6 +295,37 @@ impl Relay {
         ::metrics::gauge!(OUTBOX_OLDEST_AGE, "schema" => schema)
             .set(self.status.lag().as_secs_f64());
         Ok(backlog)
+    }
+}
+
+/// What the lanes past the first wait for during a drain: more rows than
+/// one lane takes, or the first lane finding nothing more (the end).
+#[derive(Debug, Default)]
+struct Spill {
+    /// A claim came back full.
+    more: Notify,
+    /// The first lane's claim came back empty: the drain is over.
+    done: CancellationToken,
+}
+
+impl Spill {
+    fn full_batch(&self) {
+        self.more.notify_waiters();
+    }
+}
+
+/// Tells a relay that its own replica just committed outbox rows, so it
+/// claims them now instead of when its current batch is confirmed (or when
+/// a `NOTIFY` comes, which writers send only to a sleeping relay). Costs
+/// nothing but a wake-up in the same process. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct RelayWakeup(Arc<Notify>);
+
+impl RelayWakeup {
+    pub fn rows_committed(&self) {
+        // One stored permit at most: many commits while every lane is
+        // busy are one extra claim, not many.
+        self.0.notify_one();
     }
 }
 

@@ -19,6 +19,7 @@ on_both_transports!(
     three_relays_publish_every_row_of_a_large_backlog_once,
     a_relay_killed_between_publish_and_mark_gives_a_duplicate_the_inbox_absorbs,
     a_broker_outage_delays_but_loses_nothing,
+    a_local_writer_wakes_its_relay_in_process_and_sends_no_notify,
 );
 
 const EVENT_TYPE: &str = "stock.released";
@@ -539,4 +540,59 @@ async fn concurrent_claims_of_one_event_let_exactly_one_through() {
         Claim::New
     );
     transaction.commit().await.unwrap();
+}
+
+/// The workers' path: rows written with `enqueue_for_local_relay` send no
+/// `NOTIFY` (a sleeping relay with a long poll does not see them), and the
+/// wake-up rung after the commit publishes them at once.
+async fn a_local_writer_wakes_its_relay_in_process_and_sends_no_notify(transport: &'static str) {
+    let fixture = Fixture::new(transport).await;
+    let mut listener = fixture.listener().await;
+    let relay = Relay::new(
+        fixture.pool.clone(),
+        fixture.broker("relay").await,
+        fixture.schema.clone(),
+        RelayOptions {
+            batch_size: 100,
+            poll_interval: Duration::from_secs(60),
+            max_publish_attempts: 3,
+        },
+    );
+    let wakeup = relay.wakeup();
+    let shutdown = CancellationToken::new();
+    let relay = tokio::spawn(relay.run(shutdown.clone()));
+    // Let the relay go to sleep (flag set, waiting on LISTEN and the poll).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let quiet = events(2);
+    let mut transaction = fixture.pool.begin().await.unwrap();
+    fleet_outbox::enqueue_for_local_relay(&mut transaction, &quiet)
+        .await
+        .unwrap();
+    transaction.commit().await.unwrap();
+    assert!(
+        receive_more(&mut listener, Duration::from_millis(1500))
+            .await
+            .is_empty(),
+        "published without a wake-up: a NOTIFY was sent"
+    );
+    assert_eq!(fixture.unpublished().await, 2);
+
+    let started = std::time::Instant::now();
+    wakeup.rows_committed();
+    let seen = receive(&mut listener, 2, Duration::from_secs(10)).await;
+    assert_eq!(
+        seen.keys().copied().collect::<HashSet<_>>(),
+        quiet.iter().map(|event| event.id).collect(),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the wake-up took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(fixture.unpublished().await, 0);
+
+    shutdown.cancel();
+    relay.await.unwrap().unwrap();
+    listener.shutdown().await;
 }
