@@ -4,9 +4,10 @@
 //! SKU rows are locked in SKU order, so two reservations over the same SKUs
 //! never deadlock; a reservation row per order makes redeliveries harmless.
 //! The reservation itself is a function in the worker's schema
-//! (`reserve_orders`, migration 101) that judges any number of orders in one
-//! call: a few SKUs take most orders, and every round trip made while their
-//! rows are locked is time every other order waits.
+//! (`lock_and_reserve_orders`, migrations 101 and 102) that locks and judges
+//! any number of orders in one call: a few SKUs take most orders, and every
+//! round trip made while their rows are locked is time every other order
+//! waits.
 
 use std::collections::BTreeMap;
 
@@ -47,6 +48,11 @@ impl Handler for InventoryWorker {
                 "reserve_orders",
                 include_str!("../migrations/inventory/101_reserve_orders.sql"),
             ),
+            fleet_outbox::migration(
+                102,
+                "lock_and_reserve_orders",
+                include_str!("../migrations/inventory/102_lock_and_reserve_orders.sql"),
+            ),
         ]
     }
 
@@ -70,7 +76,10 @@ impl Handler for InventoryWorker {
     /// Locks every stock row the batch touches (ordered SKUs, and the SKUs
     /// of declined orders' reservations) in SKU order, before any handler
     /// runs: the order a single reservation already uses, now across the
-    /// whole batch.
+    /// whole batch. Only a batch with a release needs it: a batch of
+    /// reservations alone is locked the same way by its one call of
+    /// `lock_and_reserve_orders`, a round trip fewer while the hot rows
+    /// are held.
     async fn lock_batch(
         &self,
         transaction: &mut PgConnection,
@@ -86,6 +95,9 @@ impl Handler for InventoryWorker {
                 EventData::PaymentDeclined(payment) => declined.push(payment.order_id),
                 _ => {}
             }
+        }
+        if declined.is_empty() {
+            return Ok(());
         }
         sqlx::query(
             "SELECT 1 FROM stock
@@ -163,9 +175,10 @@ impl Handler for InventoryWorker {
 }
 
 /// Reserves stock for consecutive `order.placed` events: one call of the
-/// schema's `reserve_orders` (migration 101), which judges them in order,
-/// each all-or-nothing, so the hot stock rows stay locked for one round
-/// trip however many orders there are. Returns what each order emits:
+/// schema's `lock_and_reserve_orders` (migrations 101 and 102), which locks
+/// their stock rows in SKU order and judges them in order, each
+/// all-or-nothing, so the hot stock rows stay locked for one round trip
+/// however many orders there are. Returns what each order emits:
 /// nothing for one that was already reserved or rejected (a redelivery).
 async fn reserve(
     transaction: &mut PgConnection,
@@ -191,7 +204,7 @@ async fn reserve(
     }
     let verdicts: Vec<(uuid::Uuid, bool, Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT order_id, claimed, unknown_sku, short_sku
-         FROM reserve_orders($1::uuid[], $2::int[], $3::text[], $4::bigint[])",
+         FROM lock_and_reserve_orders($1::uuid[], $2::int[], $3::text[], $4::bigint[])",
     )
     .bind(&order_ids)
     .bind(&line_order)

@@ -71,42 +71,82 @@ impl Handler for NotificationWorker {
         )]
     }
 
+    /// One event is a batch of one: the same statement.
     async fn handle(
         &self,
         transaction: &mut PgConnection,
         event: &Envelope,
     ) -> Result<Vec<Envelope>, HandlerError> {
-        let (order_id, template) = match &event.data {
-            EventData::OrderConfirmed(confirmed) => {
-                (confirmed.order_id, NotificationTemplate::OrderConfirmed)
-            }
-            EventData::OrderCancelled(cancelled) => {
-                (cancelled.order_id, NotificationTemplate::OrderCancelled)
-            }
-            other => {
-                return Err(HandlerError::permanent(
-                    "unexpected_type",
-                    format!("notification-worker does not handle {}", other.event_type()),
-                ));
-            }
-        };
-        let recorded = sqlx::query(
-            "INSERT INTO notifications (order_id, template) VALUES ($1, $2) ON CONFLICT (order_id) DO NOTHING",
-        )
-        .bind(order_id)
-        .bind(template.as_str())
-        .execute(&mut *transaction)
-        .await?
-        .rows_affected();
-        if recorded == 0 {
-            tracing::info!(%order_id, "order already notified; nothing to do");
-            return Ok(Vec::new());
+        let mut emitted = self.handle_batch(transaction, &[event]).await?;
+        Ok(emitted.pop().unwrap_or_default())
+    }
+
+    /// Records the batch's notifications in one insert; the sink hears of
+    /// each one recorded now, and only those. An order named twice in a
+    /// batch is notified for its first event only, as if they came apart.
+    async fn handle_batch(
+        &self,
+        transaction: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<Vec<Vec<Envelope>>, HandlerError> {
+        let mut wanted: Vec<Notification> = Vec::with_capacity(events.len());
+        for event in events {
+            let (order_id, template) = match &event.data {
+                EventData::OrderConfirmed(confirmed) => {
+                    (confirmed.order_id, NotificationTemplate::OrderConfirmed)
+                }
+                EventData::OrderCancelled(cancelled) => {
+                    (cancelled.order_id, NotificationTemplate::OrderCancelled)
+                }
+                other => {
+                    return Err(HandlerError::permanent(
+                        "unexpected_type",
+                        format!("notification-worker does not handle {}", other.event_type()),
+                    ));
+                }
+            };
+            wanted.push(Notification { order_id, template });
         }
-        self.sink.send(&Notification { order_id, template });
-        Ok(vec![Envelope::caused_by(
-            event,
-            Self::WORKER.name(),
-            EventData::from(NotificationSent { order_id, template }),
-        )])
+        let order_ids: Vec<Uuid> = wanted.iter().map(|wanted| wanted.order_id).collect();
+        let templates: Vec<&str> = wanted
+            .iter()
+            .map(|wanted| wanted.template.as_str())
+            .collect();
+        // ORDER BY keeps the batch's order, so of an order named twice the
+        // first event's row is the one inserted.
+        let recorded: Vec<(Uuid,)> = sqlx::query_as(
+            "INSERT INTO notifications (order_id, template)
+             SELECT order_id, template
+             FROM UNNEST($1::uuid[], $2::text[]) WITH ORDINALITY AS n(order_id, template, position)
+             ORDER BY position
+             ON CONFLICT (order_id) DO NOTHING
+             RETURNING order_id",
+        )
+        .bind(&order_ids)
+        .bind(&templates)
+        .fetch_all(&mut *transaction)
+        .await?;
+        let mut recorded: std::collections::HashSet<Uuid> =
+            recorded.into_iter().map(|(order_id,)| order_id).collect();
+        Ok(events
+            .iter()
+            .zip(wanted)
+            .map(|(event, notification)| {
+                // `remove`: a second event for the same order finds it gone.
+                if !recorded.remove(&notification.order_id) {
+                    tracing::info!(order_id = %notification.order_id, "order already notified; nothing to do");
+                    return Vec::new();
+                }
+                self.sink.send(&notification);
+                vec![Envelope::caused_by(
+                    event,
+                    Self::WORKER.name(),
+                    EventData::from(NotificationSent {
+                        order_id: notification.order_id,
+                        template: notification.template,
+                    }),
+                )]
+            })
+            .collect())
     }
 }

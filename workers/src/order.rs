@@ -39,112 +39,171 @@ impl Handler for OrderWorker {
         )]
     }
 
+    /// One event is a batch of one: the same statements.
     async fn handle(
         &self,
         transaction: &mut PgConnection,
         event: &Envelope,
     ) -> Result<Vec<Envelope>, HandlerError> {
+        let mut emitted = self.handle_batch(transaction, &[event]).await?;
+        Ok(emitted.pop().unwrap_or_default())
+    }
+
+    /// Splits the batch into runs of one kind of transition (submit,
+    /// confirm, cancel) over distinct orders, in order, and makes each run
+    /// one statement: a batch of a hundred events costs a few statements,
+    /// not a hundred.
+    async fn handle_batch(
+        &self,
+        transaction: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<Vec<Vec<Envelope>>, HandlerError> {
         let source = Self::WORKER.name();
-        let emit = |data: EventData| Envelope::caused_by(event, source, data);
-        match &event.data {
-            EventData::OrderSubmitted(submitted) => self
-                .submit(transaction, event, submitted)
-                .await
-                .map(|data| data.map(emit).into_iter().collect()),
-            EventData::StockRejected(rejected) => {
-                let reason = match rejected.reason {
-                    StockRejectionReason::UnknownSku => CancellationReason::UnknownSku,
-                    StockRejectionReason::InsufficientStock => {
-                        CancellationReason::InsufficientStock
-                    }
-                };
-                cancel(transaction, rejected.order_id, reason)
-                    .await
-                    .map(|data| data.map(emit).into_iter().collect())
-            }
-            EventData::PaymentDeclined(declined) => cancel(
-                transaction,
-                declined.order_id,
-                CancellationReason::PaymentDeclined,
-            )
-            .await
-            .map(|data| data.map(emit).into_iter().collect()),
-            EventData::PaymentCaptured(captured) => {
-                let confirmed: Option<(i64,)> = sqlx::query_as(
-                    "UPDATE orders SET status = 'confirmed', updated_at = now()
-                     WHERE order_id = $1 AND status = 'placed' RETURNING total_cents",
-                )
-                .bind(captured.order_id)
-                .fetch_optional(&mut *transaction)
-                .await?;
-                match confirmed {
-                    Some((total_cents,)) => Ok(vec![emit(EventData::from(OrderConfirmed {
-                        order_id: captured.order_id,
-                        total_cents,
-                    }))]),
-                    None => finished_or_unknown(transaction, captured.order_id)
-                        .await
-                        .map(|()| Vec::new()),
-                }
-            }
-            other => Err(HandlerError::permanent(
-                "unexpected_type",
-                format!("order-worker does not handle {}", other.event_type()),
-            )),
+        let mut emitted = Vec::with_capacity(events.len());
+        let mut rest = events;
+        while let Some(run) = next_run(rest)? {
+            let (now, later) = rest.split_at(run.len);
+            let results = match run.kind {
+                Transition::Submit => self.submit(transaction, now).await?,
+                Transition::Confirm => confirm(transaction, now).await?,
+                Transition::Cancel => cancel(transaction, now).await?,
+            };
+            emitted.extend(now.iter().zip(results).map(|(event, data)| {
+                data.into_iter()
+                    .map(|data| Envelope::caused_by(event, source, data))
+                    .collect::<Vec<_>>()
+            }));
+            rest = later;
         }
+        Ok(emitted)
+    }
+}
+
+/// What an event does to its order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transition {
+    /// `order.submitted`: record the order, placed or rejected.
+    Submit,
+    /// `payment.captured`: placed → confirmed.
+    Confirm,
+    /// `stock.rejected`, `payment.declined`: placed → cancelled.
+    Cancel,
+}
+
+/// The events at the head of a batch that one statement can handle: one
+/// kind of transition, no order twice (a second event for an order must
+/// see what the first one did).
+struct Run {
+    kind: Transition,
+    len: usize,
+}
+
+fn next_run(events: &[&Envelope]) -> Result<Option<Run>, HandlerError> {
+    let Some(first) = events.first() else {
+        return Ok(None);
+    };
+    let kind = transition(first)?.0;
+    let mut orders = std::collections::HashSet::new();
+    let mut len = 0;
+    for event in events {
+        let (this_kind, order_id) = transition(event)?;
+        if this_kind != kind || !orders.insert(order_id) {
+            break;
+        }
+        len += 1;
+    }
+    Ok(Some(Run { kind, len }))
+}
+
+fn transition(event: &Envelope) -> Result<(Transition, uuid::Uuid), HandlerError> {
+    match &event.data {
+        EventData::OrderSubmitted(submitted) => Ok((Transition::Submit, submitted.order_id)),
+        EventData::PaymentCaptured(captured) => Ok((Transition::Confirm, captured.order_id)),
+        EventData::StockRejected(rejected) => Ok((Transition::Cancel, rejected.order_id)),
+        EventData::PaymentDeclined(declined) => Ok((Transition::Cancel, declined.order_id)),
+        other => Err(HandlerError::permanent(
+            "unexpected_type",
+            format!("order-worker does not handle {}", other.event_type()),
+        )),
     }
 }
 
 impl OrderWorker {
-    /// Checks the business rules and records the order. A second submission
-    /// of an order id (with any event id) finds the row and emits nothing.
+    /// Checks the business rules and records the orders in one insert. A
+    /// second submission of an order id (with any event id) finds the row
+    /// and emits nothing.
     async fn submit(
         &self,
         transaction: &mut PgConnection,
-        event: &Envelope,
-        submitted: &OrderSubmitted,
-    ) -> Result<Option<EventData>, HandlerError> {
-        let verdict = self.check(submitted);
-        let (status, total_cents, reason) = match &verdict {
-            Ok(placed) => ("placed", placed.total_cents, None),
-            Err(reason) => ("rejected", 0, Some(reason.as_str())),
-        };
-        let items = serde_json::to_value(
-            submitted
+        events: &[&Envelope],
+    ) -> Result<Vec<Option<EventData>>, HandlerError> {
+        let mut order_ids = Vec::with_capacity(events.len());
+        let mut customers = Vec::with_capacity(events.len());
+        let mut statuses = Vec::with_capacity(events.len());
+        let mut totals = Vec::with_capacity(events.len());
+        let mut items = Vec::with_capacity(events.len());
+        let mut reasons = Vec::with_capacity(events.len());
+        let mut submitted_by = Vec::with_capacity(events.len());
+        let mut verdicts = Vec::with_capacity(events.len());
+        for event in events {
+            let EventData::OrderSubmitted(submitted) = &event.data else {
+                return Err(HandlerError::permanent(
+                    "invariant",
+                    "a run of submissions holds another event",
+                ));
+            };
+            let verdict = self.check(submitted);
+            let (status, total_cents, reason) = match &verdict {
+                Ok(placed) => ("placed", placed.total_cents, None),
+                Err(reason) => ("rejected", 0, Some(reason.as_str())),
+            };
+            let lines: Vec<serde_json::Value> = submitted
                 .items
                 .iter()
                 .map(|item| serde_json::json!({"sku": item.sku, "quantity": item.quantity, "unit_price_cents": item.unit_price_cents}))
-                .collect::<Vec<_>>(),
-        )
-        .map_err(|error| HandlerError::permanent("invalid_data", error.to_string()))?;
-        let inserted = sqlx::query(
-            "INSERT INTO orders (order_id, customer_id, status, total_cents, items, reason, submitted_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (order_id) DO NOTHING",
-        )
-        .bind(submitted.order_id)
-        .bind(&submitted.customer_id)
-        .bind(status)
-        .bind(total_cents)
-        .bind(items)
-        .bind(reason)
-        .bind(event.id)
-        .execute(&mut *transaction)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            tracing::info!(order_id = %submitted.order_id, "order submitted again; no second saga");
-            return Ok(None);
+                .collect();
+            order_ids.push(submitted.order_id);
+            customers.push(submitted.customer_id.as_str());
+            statuses.push(status);
+            totals.push(total_cents);
+            items.push(serde_json::Value::Array(lines).to_string());
+            reasons.push(reason);
+            submitted_by.push(event.id);
+            verdicts.push((submitted.order_id, verdict));
         }
-        Ok(Some(match verdict {
-            Ok(placed) => EventData::from(placed),
-            Err(reason) => EventData::from(OrderRejected {
-                order_id: submitted.order_id,
-                reason,
-            }),
-        }))
+        let inserted: Vec<(uuid::Uuid,)> = sqlx::query_as(
+            "INSERT INTO orders (order_id, customer_id, status, total_cents, items, reason, submitted_by)
+             SELECT o.order_id, o.customer_id, o.status, o.total_cents, o.items::jsonb, o.reason, o.submitted_by
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::uuid[])
+                 AS o(order_id, customer_id, status, total_cents, items, reason, submitted_by)
+             ON CONFLICT (order_id) DO NOTHING
+             RETURNING order_id",
+        )
+        .bind(&order_ids)
+        .bind(&customers)
+        .bind(&statuses)
+        .bind(&totals)
+        .bind(&items)
+        .bind(&reasons)
+        .bind(&submitted_by)
+        .fetch_all(&mut *transaction)
+        .await?;
+        let inserted: std::collections::HashSet<uuid::Uuid> =
+            inserted.into_iter().map(|(order_id,)| order_id).collect();
+        Ok(verdicts
+            .into_iter()
+            .map(|(order_id, verdict)| {
+                if !inserted.contains(&order_id) {
+                    tracing::info!(%order_id, "order submitted again; no second saga");
+                    return None;
+                }
+                Some(match verdict {
+                    Ok(placed) => EventData::from(placed),
+                    Err(reason) => EventData::from(OrderRejected { order_id, reason }),
+                })
+            })
+            .collect())
     }
-
     /// The business rules of the contract: at least one item, quantities of
     /// at least 1, prices of at least 0, a total within the maximum.
     fn check(&self, submitted: &OrderSubmitted) -> Result<OrderPlaced, RejectionReason> {
@@ -184,48 +243,137 @@ impl OrderWorker {
     }
 }
 
+/// `payment.captured`: placed orders become confirmed, in one update.
+async fn confirm(
+    transaction: &mut PgConnection,
+    events: &[&Envelope],
+) -> Result<Vec<Option<EventData>>, HandlerError> {
+    let order_ids = events
+        .iter()
+        .map(|event| transition(event).map(|(_, order_id)| order_id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let confirmed: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
+        "UPDATE orders AS o SET status = 'confirmed', updated_at = now()
+         FROM UNNEST($1::uuid[]) AS c(order_id)
+         WHERE o.order_id = c.order_id AND o.status = 'placed'
+         RETURNING o.order_id, o.total_cents",
+    )
+    .bind(&order_ids)
+    .fetch_all(&mut *transaction)
+    .await?;
+    let confirmed: std::collections::HashMap<uuid::Uuid, i64> = confirmed.into_iter().collect();
+    finished_or_unknown(transaction, &order_ids, |order_id| {
+        confirmed.contains_key(order_id)
+    })
+    .await?;
+    Ok(order_ids
+        .iter()
+        .map(|order_id| {
+            confirmed.get(order_id).map(|total_cents| {
+                EventData::from(OrderConfirmed {
+                    order_id: *order_id,
+                    total_cents: *total_cents,
+                })
+            })
+        })
+        .collect())
+}
+
+/// `stock.rejected` and `payment.declined`: placed orders become
+/// cancelled with the event's reason, in one update.
 async fn cancel(
     transaction: &mut PgConnection,
-    order_id: uuid::Uuid,
-    reason: CancellationReason,
-) -> Result<Option<EventData>, HandlerError> {
-    let cancelled = sqlx::query(
-        "UPDATE orders SET status = 'cancelled', reason = $2, updated_at = now()
-         WHERE order_id = $1 AND status = 'placed'",
-    )
-    .bind(order_id)
-    .bind(reason.as_str())
-    .execute(&mut *transaction)
-    .await?
-    .rows_affected();
-    if cancelled == 1 {
-        return Ok(Some(EventData::from(OrderCancelled { order_id, reason })));
+    events: &[&Envelope],
+) -> Result<Vec<Option<EventData>>, HandlerError> {
+    let mut order_ids = Vec::with_capacity(events.len());
+    let mut reasons = Vec::with_capacity(events.len());
+    for event in events {
+        let (order_id, reason) = match &event.data {
+            EventData::StockRejected(rejected) => (
+                rejected.order_id,
+                match rejected.reason {
+                    StockRejectionReason::UnknownSku => CancellationReason::UnknownSku,
+                    StockRejectionReason::InsufficientStock => {
+                        CancellationReason::InsufficientStock
+                    }
+                },
+            ),
+            EventData::PaymentDeclined(declined) => {
+                (declined.order_id, CancellationReason::PaymentDeclined)
+            }
+            other => {
+                return Err(HandlerError::permanent(
+                    "invariant",
+                    format!("a run of cancellations holds {}", other.event_type()),
+                ));
+            }
+        };
+        order_ids.push(order_id);
+        reasons.push(reason);
     }
-    finished_or_unknown(transaction, order_id)
-        .await
-        .map(|()| None)
+    let texts: Vec<&str> = reasons.iter().map(|reason| reason.as_str()).collect();
+    let cancelled: Vec<(uuid::Uuid,)> = sqlx::query_as(
+        "UPDATE orders AS o SET status = 'cancelled', reason = c.reason, updated_at = now()
+         FROM UNNEST($1::uuid[], $2::text[]) AS c(order_id, reason)
+         WHERE o.order_id = c.order_id AND o.status = 'placed'
+         RETURNING o.order_id",
+    )
+    .bind(&order_ids)
+    .bind(&texts)
+    .fetch_all(&mut *transaction)
+    .await?;
+    let cancelled: std::collections::HashSet<uuid::Uuid> =
+        cancelled.into_iter().map(|(order_id,)| order_id).collect();
+    finished_or_unknown(transaction, &order_ids, |order_id| {
+        cancelled.contains(order_id)
+    })
+    .await?;
+    Ok(order_ids
+        .into_iter()
+        .zip(reasons)
+        .map(|(order_id, reason)| {
+            cancelled
+                .contains(&order_id)
+                .then(|| EventData::from(OrderCancelled { order_id, reason }))
+        })
+        .collect())
 }
 
 /// An event for an order that is no longer `placed` is late or repeated:
 /// nothing to do. One for an order this worker never saw contradicts the
-/// saga (those events are only emitted after `order.placed`): dead-letter it.
+/// saga (those events are only emitted after `order.placed`): dead-letter
+/// it. Looks only at the orders `changed` says were not updated, in one
+/// query, and makes none when all were.
 async fn finished_or_unknown(
     transaction: &mut PgConnection,
-    order_id: uuid::Uuid,
+    order_ids: &[uuid::Uuid],
+    changed: impl Fn(&uuid::Uuid) -> bool,
 ) -> Result<(), HandlerError> {
-    let status: Option<(String,)> = sqlx::query_as("SELECT status FROM orders WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(&mut *transaction)
-        .await?;
-    match status {
-        Some((status,)) => {
-            tracing::info!(%order_id, %status, "event for a finished order ignored");
-            Ok(())
-        }
-        None => Err(HandlerError::permanent(
+    let unchanged: Vec<uuid::Uuid> = order_ids
+        .iter()
+        .filter(|order_id| !changed(order_id))
+        .copied()
+        .collect();
+    if unchanged.is_empty() {
+        return Ok(());
+    }
+    let known: Vec<(uuid::Uuid, String)> =
+        sqlx::query_as("SELECT order_id, status FROM orders WHERE order_id = ANY($1)")
+            .bind(&unchanged)
+            .fetch_all(&mut *transaction)
+            .await?;
+    for (order_id, status) in &known {
+        tracing::info!(%order_id, %status, "event for a finished order ignored");
+    }
+    match unchanged
+        .iter()
+        .find(|order_id| !known.iter().any(|(known, _)| known == *order_id))
+    {
+        Some(order_id) => Err(HandlerError::permanent(
             "unknown_order",
             format!("order {order_id} was never placed"),
         )),
+        None => Ok(()),
     }
 }
 

@@ -1,5 +1,10 @@
 //! payment-worker: captures an order's total against its customer's credit,
 //! or declines it when the remaining credit is too small.
+//!
+//! The charge itself is a function in the worker's schema (`charge_orders`,
+//! migration 101) that judges any number of orders in one call: the
+//! customer row is the lock that serializes one customer's charges, and
+//! every round trip made while holding it is time the next charge waits.
 
 use sqlx::PgConnection;
 use sqlx::migrate::Migration;
@@ -27,137 +32,119 @@ impl Handler for PaymentWorker {
     }
 
     fn migrations() -> Vec<Migration> {
-        vec![fleet_outbox::migration(
-            100,
-            "payments",
-            include_str!("../migrations/payment/100_payments.sql"),
-        )]
+        vec![
+            fleet_outbox::migration(
+                100,
+                "payments",
+                include_str!("../migrations/payment/100_payments.sql"),
+            ),
+            fleet_outbox::migration(
+                101,
+                "charge_orders",
+                include_str!("../migrations/payment/101_charge_orders.sql"),
+            ),
+        ]
     }
 
-    /// Creates the batch's new customers and locks all its customers' rows
-    /// in id order before any handler runs, so two batches charging the
-    /// same customers queue instead of deadlocking.
-    async fn lock_batch(
-        &self,
-        transaction: &mut PgConnection,
-        events: &[&Envelope],
-    ) -> Result<(), HandlerError> {
-        let mut customers: Vec<&str> = events
-            .iter()
-            .filter_map(|event| match &event.data {
-                EventData::StockReserved(reserved) => Some(reserved.customer_id.as_str()),
-                _ => None,
-            })
-            .collect();
-        customers.sort_unstable();
-        customers.dedup();
-        sqlx::query(
-            "INSERT INTO customers (customer_id, credit_limit_cents)
-             SELECT id, $2 FROM UNNEST($1::text[]) AS ids(id) ORDER BY id
-             ON CONFLICT (customer_id) DO NOTHING",
-        )
-        .bind(&customers)
-        .bind(self.credit_limit_cents)
-        .execute(&mut *transaction)
-        .await?;
-        sqlx::query(
-            "SELECT 1 FROM customers WHERE customer_id = ANY($1) ORDER BY customer_id FOR UPDATE",
-        )
-        .bind(&customers)
-        .execute(&mut *transaction)
-        .await?;
-        Ok(())
-    }
-
+    /// One event is a batch of one: the same single call.
     async fn handle(
         &self,
         transaction: &mut PgConnection,
         event: &Envelope,
     ) -> Result<Vec<Envelope>, HandlerError> {
-        let EventData::StockReserved(reserved) = &event.data else {
-            return Err(HandlerError::permanent(
-                "unexpected_type",
-                format!("payment-worker does not handle {}", event.event_type()),
-            ));
-        };
-        let data = self.charge(transaction, reserved).await?;
-        Ok(data
-            .into_iter()
-            .map(|data| Envelope::caused_by(event, Self::WORKER.name(), data))
+        let mut emitted = self.handle_batch(transaction, &[event]).await?;
+        Ok(emitted.pop().unwrap_or_default())
+    }
+
+    /// Charges the whole batch in one call of `charge_orders` (migration
+    /// 101), which also creates and locks the batch's customers in id order
+    /// first, so no `lock_batch` is needed.
+    async fn handle_batch(
+        &self,
+        transaction: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<Vec<Vec<Envelope>>, HandlerError> {
+        let reserved = events
+            .iter()
+            .map(|event| match &event.data {
+                EventData::StockReserved(reserved) => Ok(reserved),
+                other => Err(HandlerError::permanent(
+                    "unexpected_type",
+                    format!("payment-worker does not handle {}", other.event_type()),
+                )),
+            })
+            .collect::<Result<Vec<&StockReserved>, HandlerError>>()?;
+        let verdicts = self.charge(transaction, &reserved).await?;
+        Ok(events
+            .iter()
+            .zip(verdicts)
+            .map(|(event, data)| {
+                data.into_iter()
+                    .map(|data| Envelope::caused_by(event, Self::WORKER.name(), data))
+                    .collect()
+            })
             .collect())
     }
 }
 
 impl PaymentWorker {
+    /// Returns what each order emits: nothing for one already charged or
+    /// declined (a redelivery).
     async fn charge(
         &self,
         transaction: &mut PgConnection,
-        reserved: &StockReserved,
-    ) -> Result<Option<EventData>, HandlerError> {
-        let already: Option<(String,)> =
-            sqlx::query_as("SELECT status FROM payments WHERE order_id = $1")
-                .bind(reserved.order_id)
-                .fetch_optional(&mut *transaction)
-                .await?;
-        if already.is_some() {
-            tracing::info!(order_id = %reserved.order_id, "order already charged or declined; nothing to do");
-            return Ok(None);
-        }
-        sqlx::query(
-            "INSERT INTO customers (customer_id, credit_limit_cents) VALUES ($1, $2)
-             ON CONFLICT (customer_id) DO NOTHING",
+        orders: &[&StockReserved],
+    ) -> Result<Vec<Option<EventData>>, HandlerError> {
+        let order_ids: Vec<uuid::Uuid> = orders.iter().map(|order| order.order_id).collect();
+        let payment_ids: Vec<uuid::Uuid> = orders.iter().map(|_| uuid::Uuid::now_v7()).collect();
+        let customer_ids: Vec<&str> = orders
+            .iter()
+            .map(|order| order.customer_id.as_str())
+            .collect();
+        let amounts: Vec<i64> = orders.iter().map(|order| order.total_cents).collect();
+        let verdicts: Vec<(uuid::Uuid, bool, bool)> = sqlx::query_as(
+            "SELECT order_id, claimed, captured
+             FROM charge_orders($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5)",
         )
-        .bind(&reserved.customer_id)
+        .bind(&order_ids)
+        .bind(&payment_ids)
+        .bind(&customer_ids)
+        .bind(&amounts)
         .bind(self.credit_limit_cents)
-        .execute(&mut *transaction)
+        .fetch_all(&mut *transaction)
         .await?;
-        // The customer row is the lock that serializes one customer's charges.
-        let (limit, captured): (i64, i64) = sqlx::query_as(
-            "SELECT credit_limit_cents, captured_cents FROM customers WHERE customer_id = $1 FOR UPDATE",
-        )
-        .bind(&reserved.customer_id)
-        .fetch_one(&mut *transaction)
-        .await?;
-        let payment_id = uuid::Uuid::now_v7();
-        let within_credit = captured
-            .checked_add(reserved.total_cents)
-            .is_some_and(|after| after <= limit);
-        let status = if within_credit {
-            "captured"
-        } else {
-            "declined"
-        };
-        if within_credit {
-            sqlx::query(
-                "UPDATE customers SET captured_cents = captured_cents + $2 WHERE customer_id = $1",
-            )
-            .bind(&reserved.customer_id)
-            .bind(reserved.total_cents)
-            .execute(&mut *transaction)
-            .await?;
+        if verdicts.len() != orders.len() {
+            return Err(HandlerError::permanent(
+                "invariant",
+                format!(
+                    "charge_orders judged {} of {} orders",
+                    verdicts.len(),
+                    orders.len()
+                ),
+            ));
         }
-        sqlx::query(
-            "INSERT INTO payments (order_id, payment_id, customer_id, amount_cents, status)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(reserved.order_id)
-        .bind(payment_id)
-        .bind(&reserved.customer_id)
-        .bind(reserved.total_cents)
-        .bind(status)
-        .execute(&mut *transaction)
-        .await?;
-        Ok(Some(if within_credit {
-            EventData::from(PaymentCaptured {
-                order_id: reserved.order_id,
-                payment_id,
-                amount_cents: reserved.total_cents,
+        Ok(orders
+            .iter()
+            .zip(payment_ids)
+            .zip(verdicts)
+            .map(|((order, payment_id), (_, claimed, captured))| {
+                if !claimed {
+                    tracing::info!(order_id = %order.order_id, "order already charged or declined; nothing to do");
+                    return None;
+                }
+                Some(if captured {
+                    EventData::from(PaymentCaptured {
+                        order_id: order.order_id,
+                        payment_id,
+                        amount_cents: order.total_cents,
+                    })
+                } else {
+                    EventData::from(PaymentDeclined {
+                        order_id: order.order_id,
+                        reason: PaymentDeclineReason::InsufficientCredit,
+                    })
+                })
             })
-        } else {
-            EventData::from(PaymentDeclined {
-                order_id: reserved.order_id,
-                reason: PaymentDeclineReason::InsufficientCredit,
-            })
-        }))
+            .collect())
     }
 }

@@ -8,16 +8,25 @@ use std::time::Duration;
 
 use fleet_broker::WorkerTopology;
 use fleet_messages::{
-    Envelope, EventData, OrderItem, OrderPlaced, PaymentDeclineReason, PaymentDeclined, Worker,
+    CancellationReason, Envelope, EventData, OrderCancelled, OrderConfirmed, OrderItem,
+    OrderPlaced, PaymentCaptured, PaymentDeclineReason, PaymentDeclined, StockRejected,
+    StockRejectionReason, StockReserved, SubmittedItem, Worker,
 };
+use fleet_workers::RunningWorker;
 use fleet_workers::inventory::InventoryWorker;
+use fleet_workers::notification::NotificationWorker;
+use fleet_workers::order::OrderWorker;
+use fleet_workers::payment::PaymentWorker;
 use uuid::Uuid;
 
-use crate::fleet::{Fleet, http_get};
+use crate::fleet::{Fleet, http_get, submitted};
 
 on_both_transports!(
     worker_threads = 4;
     a_backlog_is_handled_in_batches_and_a_failing_event_costs_its_batch_nothing,
+    a_batch_of_charges_spends_each_customers_credit_once,
+    order_batches_move_each_order_once_and_refuse_strangers,
+    a_batch_of_terminal_orders_notifies_each_once,
 );
 
 const ORDERS: usize = 400;
@@ -209,23 +218,460 @@ async fn a_backlog_is_handled_in_batches_and_a_failing_event_costs_its_batch_not
 
     // Batches did form, and refused events sent some of them back to
     // one-at-a-time handling.
-    let (_, metrics) = http_get(&fleet.replicas()[0], "/metrics").await;
-    let sample = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|line| line.starts_with(name))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    let batches = BatchMetrics::of(&fleet.replicas()[0]).await;
+    batches.assert_formed();
+    assert!(
+        batches.fallbacks >= 1.0,
+        "no batch fell back:\n{}",
+        batches.text
+    );
+    fleet.stop().await;
+}
+
+/// What a replica's `/metrics` says about its batches.
+struct BatchMetrics {
+    batches: f64,
+    events: f64,
+    fallbacks: f64,
+    text: String,
+}
+
+impl BatchMetrics {
+    async fn of(replica: &RunningWorker) -> Self {
+        let (_, text) = http_get(replica, "/metrics").await;
+        let sample = |name: &str| -> f64 {
+            text.lines()
+                .filter(|line| line.starts_with(name))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        Self {
+            batches: sample("fleet_batch_events_count"),
+            events: sample("fleet_batch_events_sum"),
+            fallbacks: sample("fleet_batch_fallbacks_total"),
+            text,
+        }
+    }
+
+    fn assert_formed(&self) {
+        assert!(
+            self.batches > 0.0 && self.events / self.batches > 1.5,
+            "{} events in {} batches:\n{}",
+            self.events,
+            self.batches,
+            self.text
+        );
+    }
+}
+
+/// One slot and room for large batches, so a backlog forms batches.
+fn one_slot(transport: &'static str) -> impl std::future::Future<Output = Fleet> {
+    Fleet::with_settings(
+        transport,
+        &[
+            ("FLEET__WORKER__CONCURRENCY", "1"),
+            ("FLEET__WORKER__MAX_BATCH", "64"),
+        ],
+    )
+}
+
+/// Waits until `schema`'s outbox holds `rows` events and `worker` has
+/// `dead` dead letters.
+async fn wait_for_outbox(fleet: &Fleet, schema: &str, worker: Worker, rows: i64, dead: u64) {
+    let query = format!("SELECT count(*) FROM {schema}.outbox");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let emitted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(query.clone()))
+            .fetch_one(&fleet.ctx.db)
+            .await
+            .unwrap_or(0);
+        let dead_letters = fleet.dead_letters().await[worker.name()];
+        if emitted >= rows && dead_letters >= dead {
+            assert_eq!(
+                (emitted, dead_letters),
+                (rows, dead),
+                "more than expected in {schema}"
+            );
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{emitted} of {rows} events emitted by {schema}, {dead_letters} of {dead} dead letters"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const CUSTOMERS: usize = 8;
+const CHARGES: usize = 240;
+const CREDIT_LIMIT: i64 = 100_000;
+
+/// A backlog of charges for a few customers, more than their credit
+/// covers, with some orders delivered twice: `charge_orders` judges whole
+/// batches, and every order is still charged or declined once, each
+/// customer's captured total is what its captured payments add up to
+/// (within the limit), and each declined order really did not fit.
+async fn a_batch_of_charges_spends_each_customers_credit_once(transport: &'static str) {
+    let mut fleet = one_slot(transport).await;
+    let settings = fleet.settings(Worker::Payment.name());
+    assert_eq!(settings.payment.credit_limit_cents, CREDIT_LIMIT);
+    fleet
+        .broker
+        .declare_worker(&WorkerTopology::for_worker(
+            Worker::Payment,
+            &settings.retry,
+        ))
+        .await
+        .unwrap();
+
+    let mut events = Vec::new();
+    let mut orders = Vec::new();
+    for n in 0..CHARGES {
+        let order_id = Uuid::now_v7();
+        // 30 charges of about 4,000 cents per customer: about 120,000
+        // against a limit of 100,000, so the last few of each are declined.
+        let total_cents = 1_000 + (n as i64 * 7_919) % 6_000;
+        let reserved = StockReserved {
+            order_id,
+            customer_id: format!("customer-{}", n % CUSTOMERS),
+            items: vec![OrderItem {
+                sku: "SKU-APPLE".to_owned(),
+                quantity: 1,
+                unit_price_cents: total_cents,
+            }],
+            total_cents,
+        };
+        orders.push(reserved.clone());
+        events.push(Envelope::new(
+            "test",
+            EventData::from(reserved),
+            order_id,
+            None,
+        ));
+        // Every tenth order again, with a new event id, a few events later.
+        if n % 10 == 9 {
+            let again = orders[n - 3].clone();
+            events.push(Envelope::new(
+                "test",
+                EventData::from(again.clone()),
+                again.order_id,
+                None,
+            ));
+        }
+    }
+    fleet.submit(&events).await;
+    fleet.add::<PaymentWorker>(1).await;
+    wait_for_outbox(&fleet, "payment_worker", Worker::Payment, CHARGES as i64, 0).await;
+
+    let db = &fleet.ctx.db;
+    let payments: Vec<(Uuid, String, i64, String)> = sqlx::query_as(
+        "SELECT order_id, customer_id, amount_cents, status FROM payment_worker.payments",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    assert_eq!(payments.len(), CHARGES, "one payment row per order");
+    let customers: HashMap<String, i64> =
+        sqlx::query_as("SELECT customer_id, captured_cents FROM payment_worker.customers")
+            .fetch_all(db)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert_eq!(customers.len(), CUSTOMERS);
+    let mut declined = 0;
+    for (customer, captured) in &customers {
+        let mine = payments.iter().filter(|payment| &payment.1 == customer);
+        let captured_sum: i64 = mine
+            .clone()
+            .filter(|payment| payment.3 == "captured")
+            .map(|payment| payment.2)
+            .sum();
+        assert_eq!(
+            *captured, captured_sum,
+            "{customer}: captured = its payments"
+        );
+        assert!(
+            *captured <= CREDIT_LIMIT,
+            "{customer}: {captured} over the limit"
+        );
+        for (order_id, _, amount, _) in mine.filter(|payment| payment.3 == "declined") {
+            declined += 1;
+            assert!(
+                *amount > CREDIT_LIMIT - captured,
+                "{customer}: order {order_id} of {amount} was declined but fits in {}",
+                CREDIT_LIMIT - captured
+            );
+        }
+    }
+    assert!(
+        declined >= CUSTOMERS,
+        "some charges must not fit: {declined}"
+    );
+
+    // What was emitted matches the rows: one event per order, by status.
+    let emitted: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT (convert_from(payload, 'UTF8')::jsonb #>> '{data,order_id}')::uuid, event_type
+         FROM payment_worker.outbox",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    let emitted: HashMap<Uuid, String> = emitted.into_iter().collect();
+    assert_eq!(emitted.len(), CHARGES, "one event per order");
+    for (order_id, _, _, status) in &payments {
+        let expected = match status.as_str() {
+            "captured" => "payment.captured",
+            _ => "payment.declined",
+        };
+        assert_eq!(emitted[order_id], expected, "order {order_id}");
+    }
+    BatchMetrics::of(&fleet.replicas()[0]).await.assert_formed();
+    fleet.stop().await;
+}
+
+const ORDER_COUNT: usize = 200;
+const STRANGERS: usize = 3;
+
+/// A backlog of submissions (some invalid, some submitted twice), then one
+/// of outcomes (captured, declined, stock rejected, some delivered twice,
+/// a few for orders never placed): each run of one transition is one
+/// statement, and still every order is recorded once, moves once, and
+/// every stranger is dead-lettered alone.
+async fn order_batches_move_each_order_once_and_refuse_strangers(transport: &'static str) {
+    let mut fleet = one_slot(transport).await;
+    let settings = fleet.settings(Worker::Order.name());
+    fleet
+        .broker
+        .declare_worker(&WorkerTopology::for_worker(Worker::Order, &settings.retry))
+        .await
+        .unwrap();
+    fleet.add::<OrderWorker>(1).await;
+
+    // Submissions: every fifth has a quantity of 0 (rejected); every
+    // seventh is submitted again with a new event id.
+    let order_ids: Vec<Uuid> = (0..ORDER_COUNT).map(|_| Uuid::now_v7()).collect();
+    let items = |n: usize| {
+        vec![SubmittedItem {
+            sku: "SKU-APPLE".to_owned(),
+            quantity: if n % 5 == 4 { 0 } else { 2 },
+            unit_price_cents: 150,
+        }]
     };
-    let batches = sample("fleet_batch_events_count");
-    let batched = sample("fleet_batch_events_sum");
+    let mut submissions = Vec::new();
+    for (n, order_id) in order_ids.iter().enumerate() {
+        submissions.push(submitted(*order_id, format!("c{n}"), items(n)));
+        if n % 7 == 6 {
+            submissions.push(submitted(
+                order_ids[n - 2],
+                "again".to_owned(),
+                items(n - 2),
+            ));
+        }
+    }
+    fleet.submit(&submissions).await;
+    wait_for_outbox(&fleet, "order_worker", Worker::Order, ORDER_COUNT as i64, 0).await;
+
+    // Outcomes, only once every order is recorded: on Redis each event type
+    // is a stream of its own, read in no fixed order relative to the others.
+    let placed: Vec<(usize, Uuid)> = order_ids
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(n, _)| n % 5 != 4)
+        .collect();
+    let mut outcomes = Vec::new();
+    let mut expected: HashMap<Uuid, (&str, Option<&str>)> = HashMap::new();
+    for (n, order_id) in &placed {
+        let data = match n % 3 {
+            0 => {
+                expected.insert(*order_id, ("cancelled", Some("payment_declined")));
+                EventData::from(PaymentDeclined {
+                    order_id: *order_id,
+                    reason: PaymentDeclineReason::InsufficientCredit,
+                })
+            }
+            1 => {
+                expected.insert(*order_id, ("cancelled", Some("insufficient_stock")));
+                EventData::from(StockRejected {
+                    order_id: *order_id,
+                    reason: StockRejectionReason::InsufficientStock,
+                    sku: "SKU-APPLE".to_owned(),
+                })
+            }
+            _ => {
+                expected.insert(*order_id, ("confirmed", None));
+                EventData::from(PaymentCaptured {
+                    order_id: *order_id,
+                    payment_id: Uuid::now_v7(),
+                    amount_cents: 300,
+                })
+            }
+        };
+        outcomes.push(Envelope::new("test", data.clone(), *order_id, None));
+        // Every sixth outcome twice, with a new event id.
+        if n % 6 == 5 {
+            outcomes.push(Envelope::new("test", data, *order_id, None));
+        }
+    }
+    let mut strangers = Vec::new();
+    for n in 0..STRANGERS {
+        let stranger = Uuid::now_v7();
+        let event = Envelope::new(
+            "test",
+            EventData::from(PaymentCaptured {
+                order_id: stranger,
+                payment_id: Uuid::now_v7(),
+                amount_cents: 300,
+            }),
+            stranger,
+            None,
+        );
+        strangers.push(event.id);
+        outcomes.insert((n + 1) * outcomes.len() / (STRANGERS + 1), event);
+    }
+    fleet.submit(&outcomes).await;
+    let emitted_total = (ORDER_COUNT + placed.len()) as i64;
+    wait_for_outbox(
+        &fleet,
+        "order_worker",
+        Worker::Order,
+        emitted_total,
+        STRANGERS as u64,
+    )
+    .await;
+
+    let db = &fleet.ctx.db;
+    let rows: Vec<(Uuid, String, Option<String>, String)> =
+        sqlx::query_as("SELECT order_id, status, reason, customer_id FROM order_worker.orders")
+            .fetch_all(db)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), ORDER_COUNT, "one row per order");
+    for (order_id, status, reason, customer) in &rows {
+        assert_ne!(
+            customer, "again",
+            "a second submission changed order {order_id}"
+        );
+        match expected.get(order_id) {
+            Some((want_status, want_reason)) => {
+                assert_eq!(status, want_status, "order {order_id}");
+                assert_eq!(reason.as_deref(), *want_reason, "order {order_id}");
+            }
+            None => assert_eq!(status, "rejected", "order {order_id}"),
+        }
+    }
+    let emitted: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT (convert_from(payload, 'UTF8')::jsonb #>> '{data,order_id}')::uuid, event_type
+         FROM order_worker.outbox ORDER BY id",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    let mut per_order: HashMap<Uuid, Vec<String>> = HashMap::new();
+    for (order_id, event_type) in emitted {
+        per_order.entry(order_id).or_default().push(event_type);
+    }
+    for (n, order_id) in order_ids.iter().enumerate() {
+        let want: Vec<&str> = match expected.get(order_id) {
+            Some(("confirmed", _)) => vec!["order.placed", "order.confirmed"],
+            Some(_) => vec!["order.placed", "order.cancelled"],
+            None => vec!["order.rejected"],
+        };
+        assert_eq!(per_order[order_id], want, "order {n}");
+    }
+    let letters = fleet
+        .broker
+        .peek_dead_letters(Worker::Order.name(), 100)
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), STRANGERS, "{letters:?}");
+    for letter in &letters {
+        assert_eq!(letter.error_kind, "unknown_order", "{letter:?}");
+        assert_eq!(letter.attempts, 1, "dead-lettered at once: {letter:?}");
+        assert!(strangers.iter().any(|id| letter.id == id.to_string()));
+    }
+    let batches = BatchMetrics::of(&fleet.replicas()[0]).await;
+    batches.assert_formed();
     assert!(
-        batches > 0.0 && batched / batches > 1.5,
-        "{batched} events in {batches} batches:\n{metrics}"
+        batches.fallbacks >= 1.0,
+        "strangers must send their batches back:\n{}",
+        batches.text
     );
-    assert!(
-        sample("fleet_batch_fallbacks_total") >= 1.0,
-        "no batch fell back:\n{metrics}"
-    );
+    fleet.stop().await;
+}
+
+const TERMINAL: usize = 150;
+
+/// A backlog of confirmed and cancelled orders, some delivered twice with
+/// new event ids (in the same batch or not): one notification each.
+async fn a_batch_of_terminal_orders_notifies_each_once(transport: &'static str) {
+    let mut fleet = one_slot(transport).await;
+    let settings = fleet.settings(Worker::Notification.name());
+    fleet
+        .broker
+        .declare_worker(&WorkerTopology::for_worker(
+            Worker::Notification,
+            &settings.retry,
+        ))
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    let mut templates = HashMap::new();
+    for n in 0..TERMINAL {
+        let order_id = Uuid::now_v7();
+        let data = if n % 4 == 0 {
+            templates.insert(order_id, "order_cancelled");
+            EventData::from(OrderCancelled {
+                order_id,
+                reason: CancellationReason::UnknownSku,
+            })
+        } else {
+            templates.insert(order_id, "order_confirmed");
+            EventData::from(OrderConfirmed {
+                order_id,
+                total_cents: 500,
+            })
+        };
+        events.push(Envelope::new("test", data.clone(), order_id, None));
+        if n % 5 == 0 {
+            events.push(Envelope::new("test", data, order_id, None));
+        }
+    }
+    fleet.submit(&events).await;
+    fleet.add::<NotificationWorker>(1).await;
+    wait_for_outbox(
+        &fleet,
+        "notification_worker",
+        Worker::Notification,
+        TERMINAL as i64,
+        0,
+    )
+    .await;
+
+    let db = &fleet.ctx.db;
+    let rows: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT order_id, template FROM notification_worker.notifications")
+            .fetch_all(db)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), TERMINAL);
+    for (order_id, template) in &rows {
+        assert_eq!(templates[order_id], template.as_str(), "order {order_id}");
+    }
+    let sent: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT (convert_from(payload, 'UTF8')::jsonb #>> '{data,order_id}')::uuid,
+                convert_from(payload, 'UTF8')::jsonb #>> '{data,template}'
+         FROM notification_worker.outbox WHERE event_type = 'notification.sent'",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    let sent: HashMap<Uuid, String> = sent.into_iter().collect();
+    assert_eq!(sent.len(), TERMINAL, "one notification.sent per order");
+    for (order_id, template) in &sent {
+        assert_eq!(templates[order_id], template.as_str(), "order {order_id}");
+    }
+    BatchMetrics::of(&fleet.replicas()[0]).await.assert_formed();
     fleet.stop().await;
 }
