@@ -23,8 +23,9 @@ pub(crate) struct Args {
     pub(crate) orders: u64,
 
     /// Target rate in orders per second; 0 publishes as fast as the broker
-    /// confirms. With a rate, batches are made smaller so that at least 20
-    /// leave per second.
+    /// confirms (up to 64 batches in flight). With a rate, batches are made
+    /// smaller so that at least 20 leave per second, each when it is due,
+    /// without waiting for earlier confirms.
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub(crate) rate: f64,
 

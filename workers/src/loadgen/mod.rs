@@ -13,7 +13,8 @@
 //!    the streams and replays earlier runs: events about orders this run did
 //!    not submit are ignored. Everything is acknowledged.
 //! 3. **Publish** (`publish.rs`): real `order.submitted` envelopes in
-//!    confirmed batches, paced to `--rate` without drift.
+//!    confirmed batches, paced to `--rate` without drift; a batch leaves
+//!    when due even while earlier ones wait for their confirms (open loop).
 //! 4. **Wait** until every order ended (and was notified, when it notifies),
 //!    plus a second for late doubles, or until `--timeout` after the last
 //!    publish.

@@ -2,11 +2,14 @@
 //! confirms, paced to a target rate without drift.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use fleet_broker::{Broker, OutgoingMessage, PublishOutcome};
 use fleet_messages::{Envelope, EventData, OrderSubmitted};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
@@ -16,6 +19,10 @@ pub(crate) const SOURCE: &str = "loadgen";
 /// With a target rate, batches go out at least this often, so that a large
 /// `--batch` does not turn a steady rate into bursts.
 const BATCHES_PER_SECOND: f64 = 20.0;
+/// Batches published but not yet confirmed, at most: enough that a slow
+/// confirm does not hold back the next batch, bounded so a broker that
+/// stops confirming stops loadgen too.
+const BATCHES_IN_FLIGHT: usize = 64;
 /// Attempts to get one message confirmed before the run fails.
 const MAX_PUBLISH_ATTEMPTS: u32 = 8;
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -71,8 +78,11 @@ pub(crate) struct Published {
     pub(crate) republished: u64,
 }
 
-/// Publishes every order, in order. Fails when a message is still not
-/// confirmed after [`MAX_PUBLISH_ATTEMPTS`].
+/// Publishes every order, batches in order of their due times. A batch
+/// leaves when it is due whether or not earlier ones are confirmed yet (up
+/// to [`BATCHES_IN_FLIGHT`]): the offered rate is the rate asked for, not
+/// what the broker's confirm latency leaves of it. Fails when a message is
+/// still not confirmed after [`MAX_PUBLISH_ATTEMPTS`].
 pub(crate) async fn publish_all(
     broker: Broker,
     orders: Vec<OrderSubmitted>,
@@ -87,11 +97,18 @@ pub(crate) async fn publish_all(
         published: 0,
         republished: 0,
     };
+    let window = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut in_flight: JoinSet<anyhow::Result<(u64, u64)>> = JoinSet::new();
     let mut first_index = 0;
     for chunk in orders.chunks(batch) {
         if let Some(due) = start.checked_add(pacing.due_offset(first_index)) {
             tokio::time::sleep_until(due.into()).await;
         }
+        let permit = window
+            .clone()
+            .acquire_owned()
+            .await
+            .context("publish window closed")?;
         let sent_at = Instant::now();
         report.first_publish.get_or_insert(sent_at);
         let messages: Vec<OutgoingMessage> = chunk
@@ -104,15 +121,34 @@ pub(crate) async fn publish_all(
             })
             .collect();
         let last_index = first_index + chunk.len();
-        report.republished += publish_confirmed(&broker, messages)
-            .await
-            .with_context(|| format!("publishing orders {first_index}..{last_index}"))?;
-        report.published += chunk.len() as u64;
-        debug!(published = report.published, "batch confirmed");
+        let broker = broker.clone();
+        in_flight.spawn(async move {
+            let count = messages.len() as u64;
+            let republished = publish_confirmed(&broker, messages)
+                .await
+                .with_context(|| format!("publishing orders {first_index}..{last_index}"))?;
+            drop(permit);
+            Ok((count, republished))
+        });
+        while let Some(done) = in_flight.try_join_next() {
+            report.add(done.context("publishing task failed")??);
+        }
         first_index = last_index;
+    }
+    while let Some(done) = in_flight.join_next().await {
+        report.add(done.context("publishing task failed")??);
     }
     report.finished = Instant::now();
     Ok(report)
+}
+
+impl Published {
+    /// Counts one confirmed batch: its size and how many were sent again.
+    fn add(&mut self, (confirmed, republished): (u64, u64)) {
+        self.published += confirmed;
+        self.republished += republished;
+        debug!(published = self.published, "batch confirmed");
+    }
 }
 
 /// Publishes `messages` until every one is confirmed, re-sending the others
