@@ -35,7 +35,9 @@ cargo build --release --quiet -p fleet-workers --bins
 # The fleet's own database; each worker owns a schema in it.
 psql -h 127.0.0.1 -U postgres -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'fleet'" | grep -q 1 \
   || psql -h 127.0.0.1 -U postgres -d postgres -qc 'CREATE DATABASE fleet'
-export DATABASE_URL=postgres://postgres@127.0.0.1:5432/fleet
+# Loopback: no TLS (the server offers it, and sslmode=prefer would spend
+# CPU on both ends encrypting traffic that never leaves the machine).
+export DATABASE_URL=postgres://postgres@127.0.0.1:5432/fleet?sslmode=disable
 export FLEET__TRANSPORT=$transport FLEET__NAMESPACE=$namespace FLEET__HTTP__PORT=0
 export RUST_LOG=${RUST_LOG:-info,lapin=warn}
 
