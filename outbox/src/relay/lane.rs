@@ -5,8 +5,9 @@
 //! connection is busy with handlers, and a relay queueing for one adds that
 //! wait to every event it publishes.
 //!
-//! One round trip per batch: the message that marks batch N published also
-//! commits, begins the next transaction and claims batch N+1
+//! One round trip per batch: when more rows are likely (a full batch, or
+//! this replica committed since the claim), the message that marks batch N
+//! published also commits, begins the next transaction and claims batch N+1
 //! (`UPDATE …; COMMIT; BEGIN; SELECT … FOR UPDATE SKIP LOCKED`), sent as one
 //! simple-protocol query. That needs the statement as text: the only values
 //! spliced into it are integers the relay produced itself (row ids from its
@@ -120,6 +121,7 @@ impl Relay {
     ) -> Result<usize, RelayError> {
         let started = Instant::now();
         let claim = self.claim_statement();
+        self.wakeup.claiming();
         let mut rows = sqlx::raw_sql(AssertSqlSafe(format!("BEGIN; {claim}")))
             .fetch_all(&mut *connection)
             .await?;
@@ -130,7 +132,8 @@ impl Relay {
                 return Ok(total);
             }
             total += rows.len();
-            if rows.len() >= usize::try_from(self.options.batch_size).unwrap_or(usize::MAX) {
+            let full = rows.len() >= usize::try_from(self.options.batch_size).unwrap_or(usize::MAX);
+            if full {
                 spill.full_batch();
             }
             let mut claimed = Vec::with_capacity(rows.len());
@@ -161,12 +164,19 @@ impl Relay {
                 PublishOutcome::Failed(reason) => Some(reason.clone()),
                 _ => None,
             });
+            // Claim again in the same round trip only when more rows are
+            // likely: a full batch, or this replica committed since the
+            // claim began. Otherwise an empty claim would be the usual
+            // answer, and the caller's backlog reading (or the next
+            // wake-up) finds any row committed meanwhile.
             let go_on = pass == Pass::WhileRowsCome
                 && failure.is_none()
-                && started.elapsed() < STATUS_REFRESH;
+                && started.elapsed() < STATUS_REFRESH
+                && (full || self.wakeup.unclaimed_commits());
 
             let mark = mark_statement(&published);
             if go_on {
+                self.wakeup.claiming();
                 rows = sqlx::raw_sql(AssertSqlSafe(format!("{mark}; BEGIN; {claim}")))
                     .fetch_all(&mut *connection)
                     .await?;

@@ -7,7 +7,7 @@ mod lane;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -134,19 +134,25 @@ impl Relay {
         listener.listen(&self.schema.wakeup_channel()).await?;
         let mut failures: u32 = 0;
         let mut drain = true;
+        let mut woken = Woken::Timer;
+        // When the backlog was last read (it is read at least every
+        // STATUS_REFRESH), and what was waited for after that reading.
+        let mut backlog_read_at: Option<Instant> = None;
         loop {
             // Whether this pass found rows: if it did not while the backlog
             // says some are due, other relays hold them, and spinning on
             // them would only cost queries.
             let mut claimed_any = false;
+            let mut saw_full_batch = false;
             if drain {
-                // Lanes keep claiming while rows keep coming (no sleep, no
-                // NOTIFY from the writers), and come back at least once a
+                // Lanes keep claiming while rows keep coming (full batches,
+                // or this replica's commits), and come back at least once a
                 // second so the backlog (lag, metrics) is read below.
-                match self.drain().await {
-                    Ok(claimed) => {
+                match self.drain_lanes().await {
+                    Ok(pass) => {
                         failures = 0;
-                        claimed_any = claimed > 0;
+                        claimed_any = pass.claimed > 0;
+                        saw_full_batch = pass.saw_full_batch;
                     }
                     Err(error) => {
                         failures = failures.saturating_add(1);
@@ -164,32 +170,51 @@ impl Relay {
             }
             // Wake-ups sent while draining are answered: the backlog read
             // below sees any row they were about.
-            while listener.next_buffered().is_some() {}
-            let backlog = match self.announce_sleep().await {
-                Ok(backlog) => backlog,
-                Err(error) => {
-                    warn!(schema = %self.schema, %error, "outbox relay cannot read its backlog");
-                    Backlog {
-                        pending: 0,
-                        oldest: None,
-                        next_due: None,
-                        parked: 0,
-                    }
+            while listener.next_buffered().is_some() {
+                woken = Woken::Notify;
+            }
+            // After a drain this replica's own commits asked for, with a
+            // fresh backlog reading and no sign of more rows, skip the
+            // reading: it is a statement per wake-up, and a busy replica
+            // wakes its relay for every commit. Writers of other processes
+            // still reach it: their NOTIFY flag was re-armed by the last
+            // reading (every NOTIFY wake-up ends in one).
+            let fresh = backlog_read_at
+                .map(|at| STATUS_REFRESH.saturating_sub(at.elapsed()))
+                .filter(|left| !left.is_zero());
+            let (wait, drain_after_wait) = match fresh {
+                Some(left) if woken == Woken::Wakeup && !saw_full_batch => (left, false),
+                _ => {
+                    let backlog = match self.announce_sleep().await {
+                        Ok(backlog) => backlog,
+                        Err(error) => {
+                            warn!(schema = %self.schema, %error, "outbox relay cannot read its backlog");
+                            Backlog {
+                                pending: 0,
+                                oldest: None,
+                                next_due: None,
+                                parked: 0,
+                            }
+                        }
+                    };
+                    backlog_read_at = Some(Instant::now());
+                    let now = Utc::now();
+                    let wait = match backlog.next_due {
+                        _ if backlog.pending == 0 => self.options.poll_interval,
+                        Some(due) if due <= now && claimed_any => Duration::ZERO,
+                        Some(due) if due <= now => OTHERS_BATCH_WAIT,
+                        Some(due) => (due - now)
+                            .to_std()
+                            .unwrap_or_default()
+                            .min(self.options.poll_interval),
+                        None => self.options.poll_interval,
+                    };
+                    (wait, backlog.pending > 0)
                 }
-            };
-            let now = Utc::now();
-            let wait = match backlog.next_due {
-                _ if backlog.pending == 0 => self.options.poll_interval,
-                Some(due) if due <= now && claimed_any => Duration::ZERO,
-                Some(due) if due <= now => OTHERS_BATCH_WAIT,
-                Some(due) => (due - now)
-                    .to_std()
-                    .unwrap_or_default()
-                    .min(self.options.poll_interval),
-                None => self.options.poll_interval,
             };
             if wait.is_zero() {
                 drain = true;
+                woken = Woken::Timer;
                 continue;
             }
             tokio::select! {
@@ -201,9 +226,16 @@ impl Relay {
                         debug!(%error, "outbox listener interrupted");
                     }
                     drain = true;
+                    woken = Woken::Notify;
                 }
-                () = self.wakeup.0.notified() => drain = true,
-                _ = tokio::time::sleep(wait) => drain = backlog.pending > 0,
+                () = self.wakeup.notified() => {
+                    drain = true;
+                    woken = Woken::Wakeup;
+                }
+                _ = tokio::time::sleep(wait) => {
+                    drain = drain_after_wait;
+                    woken = Woken::Timer;
+                }
             }
         }
         // Flush what is ready before the process exits.
@@ -228,6 +260,10 @@ impl Relay {
     /// for another batch's confirms. They do not claim on spec: every claim
     /// that finds nothing is a transaction Postgres pays for.
     pub async fn drain(&self) -> Result<usize, RelayError> {
+        Ok(self.drain_lanes().await?.claimed)
+    }
+
+    async fn drain_lanes(&self) -> Result<DrainPass, RelayError> {
         let spill = Spill::default();
         let first = async {
             let claimed = self
@@ -245,7 +281,7 @@ impl Relay {
                         biased;
                         () = spill.done.cancelled() => return Ok::<usize, RelayError>(claimed),
                         () = spill.more.notified() => {}
-                        () = self.wakeup.0.notified() => {}
+                        () = self.wakeup.notified() => {}
                     }
                     claimed += self.run_lane(lane, Pass::WhileRowsCome, spill).await?;
                 }
@@ -256,7 +292,10 @@ impl Relay {
         for pass in others {
             claimed += pass?;
         }
-        Ok(claimed)
+        Ok(DrainPass {
+            claimed,
+            saw_full_batch: spill.saw_full_batch.load(Ordering::Relaxed),
+        })
     }
 
     /// Claims, publishes and marks one batch. Returns how many rows it
@@ -304,28 +343,83 @@ impl Relay {
 struct Spill {
     /// A claim came back full.
     more: Notify,
-    /// The first lane's claim came back empty: the drain is over.
+    saw_full_batch: AtomicBool,
+    /// The first lane is done: the drain is over.
     done: CancellationToken,
 }
 
 impl Spill {
-    fn full_batch(&self) {
+    pub(super) fn full_batch(&self) {
+        self.saw_full_batch.store(true, Ordering::Relaxed);
         self.more.notify_waiters();
     }
 }
 
+/// What one drain did.
+struct DrainPass {
+    claimed: usize,
+    saw_full_batch: bool,
+}
+
+/// What woke the relay last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Woken {
+    /// This replica committed rows ([`RelayWakeup`]).
+    Wakeup,
+    /// A writer's `NOTIFY` (a writer of another process, or a replica
+    /// without its own relay).
+    Notify,
+    /// The poll, a backoff or a due retry.
+    Timer,
+}
+
 /// Tells a relay that its own replica just committed outbox rows, so it
 /// claims them now instead of when its current batch is confirmed (or when
-/// a `NOTIFY` comes, which writers send only to a sleeping relay). Costs
-/// nothing but a wake-up in the same process. Cheap to clone.
+/// the poll comes: [`enqueue_for_local_relay`](crate::enqueue_for_local_relay)
+/// sends no `NOTIFY`). Costs nothing but a wake-up in the same process.
+/// Cheap to clone.
 #[derive(Clone, Debug, Default)]
-pub struct RelayWakeup(Arc<Notify>);
+pub struct RelayWakeup {
+    inner: Arc<WakeupInner>,
+}
+
+#[derive(Debug, Default)]
+struct WakeupInner {
+    notify: Notify,
+    /// Commits rung so far.
+    committed: AtomicU64,
+    /// `committed` as read just before the latest claim began: commits
+    /// counted up to here are visible to some claim.
+    claimed_through: AtomicU64,
+}
 
 impl RelayWakeup {
+    /// Resolves when a commit is rung (or was, while nobody waited).
+    async fn notified(&self) {
+        self.inner.notify.notified().await;
+    }
+
     pub fn rows_committed(&self) {
+        self.inner.committed.fetch_add(1, Ordering::SeqCst);
         // One stored permit at most: many commits while every lane is
         // busy are one extra claim, not many.
-        self.0.notify_one();
+        self.inner.notify.notify_one();
+    }
+
+    /// Called before a claim starts: every commit rung so far is visible
+    /// to it.
+    pub(super) fn claiming(&self) {
+        let committed = self.inner.committed.load(Ordering::SeqCst);
+        self.inner
+            .claimed_through
+            .fetch_max(committed, Ordering::SeqCst);
+    }
+
+    /// Whether a commit was rung after the latest claim began, so its rows
+    /// may be waiting.
+    pub(super) fn unclaimed_commits(&self) -> bool {
+        self.inner.committed.load(Ordering::SeqCst)
+            > self.inner.claimed_through.load(Ordering::SeqCst)
     }
 }
 

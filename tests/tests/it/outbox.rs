@@ -590,6 +590,11 @@ async fn a_local_writer_wakes_its_relay_in_process_and_sends_no_notify(transport
         "the wake-up took {:?}",
         started.elapsed()
     );
+    // Delivered before the relay marks them (after the broker's confirm).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while fixture.unpublished().await > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(fixture.unpublished().await, 0);
 
     shutdown.cancel();
