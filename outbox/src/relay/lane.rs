@@ -164,15 +164,17 @@ impl Relay {
                 PublishOutcome::Failed(reason) => Some(reason.clone()),
                 _ => None,
             });
-            // Claim again in the same round trip only when more rows are
-            // likely: a full batch, or this replica committed since the
-            // claim began. Otherwise an empty claim would be the usual
-            // answer, and the caller's backlog reading (or the next
-            // wake-up) finds any row committed meanwhile.
+            // A relay whose replica rings it claims again in the same
+            // round trip only when more rows are likely: a full batch, or a
+            // commit since the claim began. Otherwise an empty claim would
+            // be the usual answer, and the next wake-up (or the backlog
+            // reading) finds any row committed meanwhile. A relay nobody
+            // rings (its writers are other processes, which NOTIFY only a
+            // sleeping relay) keeps claiming until a claim comes back empty.
             let go_on = pass == Pass::WhileRowsCome
                 && failure.is_none()
                 && started.elapsed() < STATUS_REFRESH
-                && (full || self.wakeup.unclaimed_commits());
+                && (full || !self.wakeup.rung() || self.wakeup.unclaimed_commits());
 
             let mark = mark_statement(&published);
             if go_on {

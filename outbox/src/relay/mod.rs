@@ -252,13 +252,15 @@ impl Relay {
     /// Publishes until no row is ready (or for at most [`STATUS_REFRESH`]);
     /// returns how many rows it claimed.
     ///
-    /// The first lane always runs, until a claim finds nothing. The others
-    /// join when a claim comes back full (more rows are waiting) or when
-    /// this replica commits new rows ([`RelayWakeup`]) while the first lane
-    /// waits for the broker's confirms: then they claim and publish side by
-    /// side (`SKIP LOCKED` keeps their batches apart), so rows do not wait
-    /// for another batch's confirms. They do not claim on spec: every claim
-    /// that finds nothing is a transaction Postgres pays for.
+    /// The first lane always runs, until a claim finds nothing. In a relay
+    /// its replica rings ([`RelayWakeup`]), the others join when a claim
+    /// comes back full (more rows are waiting) or when the replica commits
+    /// new rows while the first lane waits for the broker's confirms: then
+    /// they claim and publish side by side (`SKIP LOCKED` keeps their
+    /// batches apart), so rows do not wait for another batch's confirms.
+    /// They do not claim on spec: every claim that finds nothing is a
+    /// transaction Postgres pays for. In a relay nobody rings, all lanes
+    /// start at once, since claiming is its only way to see new rows.
     pub async fn drain(&self) -> Result<usize, RelayError> {
         Ok(self.drain_lanes().await?.claimed)
     }
@@ -276,13 +278,19 @@ impl Relay {
             let spill = &spill;
             async move {
                 let mut claimed = 0;
+                // A relay nobody rings learns of new rows only by claiming:
+                // its lanes all start at once, each claiming until empty.
+                let mut wait = self.wakeup.rung();
                 loop {
-                    tokio::select! {
-                        biased;
-                        () = spill.done.cancelled() => return Ok::<usize, RelayError>(claimed),
-                        () = spill.more.notified() => {}
-                        () = self.wakeup.notified() => {}
+                    if wait {
+                        tokio::select! {
+                            biased;
+                            () = spill.done.cancelled() => return Ok::<usize, RelayError>(claimed),
+                            () = spill.more.notified() => {}
+                            () = self.wakeup.notified() => {}
+                        }
                     }
+                    wait = true;
                     claimed += self.run_lane(lane, Pass::WhileRowsCome, spill).await?;
                 }
             }
@@ -413,6 +421,11 @@ impl RelayWakeup {
         self.inner
             .claimed_through
             .fetch_max(committed, Ordering::SeqCst);
+    }
+
+    /// Whether this relay's replica rings it at all.
+    pub(super) fn rung(&self) -> bool {
+        self.inner.committed.load(Ordering::SeqCst) > 0
     }
 
     /// Whether a commit was rung after the latest claim began, so its rows
