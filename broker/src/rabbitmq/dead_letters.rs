@@ -1,4 +1,4 @@
-use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, ErrorKind};
 
@@ -9,8 +9,9 @@ use crate::dead_letter::dead_letter_id;
 use crate::{BrokerError, DeadLetter};
 
 /// Reads up to `limit` dead letters without removing or reordering them:
-/// they are fetched unacknowledged on a connection of their own, and closing
-/// it puts every one back at its original position.
+/// they are fetched unacknowledged on a connection of their own and handed
+/// back (requeued in one nack, which restores their original positions)
+/// before this returns.
 pub(crate) async fn peek(
     config: &ConnectionConfig,
     worker: &str,
@@ -24,18 +25,49 @@ pub(crate) async fn peek(
             .await
             .map_err(|error| BrokerError::rabbitmq("opening a channel", error))?;
         let mut letters = Vec::new();
+        let mut last_tag = None;
         while letters.len() < limit {
             let message = channel
                 .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
                 .await
                 .map_err(|error| not_found_or(error, &queue))?;
             let Some(message) = message else { break };
+            last_tag = Some(message.delivery.delivery_tag);
             letters.push(dead_letter(letters.len(), &message.delivery, worker));
+        }
+        if let Some(tag) = last_tag {
+            // Put them back before returning, not when the server gets to
+            // the connection's close: a caller that counts the queue next
+            // must find them there. The passive declare on the same channel
+            // reaches the queue after the requeue, and its reply says the
+            // queue has them again.
+            channel
+                .basic_nack(
+                    tag,
+                    BasicNackOptions {
+                        multiple: true,
+                        requeue: true,
+                    },
+                )
+                .await
+                .map_err(|error| BrokerError::rabbitmq("returning peeked dead letters", error))?;
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|error| not_found_or(error, &queue))?;
         }
         Ok(letters)
     }
     .await;
-    // Unacknowledged messages go back when the connection closes.
+    // Anything still unacknowledged (after an error) goes back when the
+    // connection closes.
     let _ = connection.close(200, "peek done".into()).await;
     result
 }
