@@ -38,7 +38,7 @@ use clap::Parser;
 use fleet_broker::{Broker, Consumer, Delivery, WorkerTopology};
 use fleet_config::{Environment, LogFormat, Settings, TelemetrySettings};
 use fleet_messages::{Envelope, EventType};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
@@ -189,9 +189,14 @@ async fn execute(
 
     let max_bytes = settings.limits.max_event_bytes;
     let timeout = Duration::from_secs(args.timeout);
+    // Acknowledgements run beside the observation: awaiting each one in
+    // turn would make the observer the slowest consumer of the run, and
+    // its queue's backlog would count as saga latency.
+    let mut acks = JoinSet::new();
     let watched = watch(
         &mut consumer,
         &mut tracker,
+        &mut acks,
         &mut publisher,
         timeout,
         max_bytes,
@@ -200,7 +205,7 @@ async fn execute(
     if watched.is_err() {
         publisher.abort();
     }
-    stop(consumer, &mut tracker, max_bytes).await;
+    stop(consumer, &mut tracker, &mut acks, max_bytes).await;
     // The observer's queue or groups would otherwise keep collecting every
     // terminal event of the namespace after this run.
     if let Err(error) = broker.delete_worker(&topology).await {
@@ -252,6 +257,7 @@ enum Ending {
 async fn watch(
     consumer: &mut Consumer,
     tracker: &mut Tracker,
+    acks: &mut JoinSet<()>,
     publisher: &mut JoinHandle<anyhow::Result<Published>>,
     timeout: Duration,
     max_bytes: usize,
@@ -288,7 +294,7 @@ async fn watch(
                 published = Some(report);
             }
             delivery = consumer.next() => match delivery {
-                Some(delivery) => handle(delivery, tracker, max_bytes).await,
+                Some(delivery) => observe(delivery, tracker, acks, max_bytes),
                 None if published.is_some() => {
                     warn!("the consumer stopped by itself");
                     break Ending::ConsumerClosed;
@@ -330,9 +336,9 @@ async fn watch(
     }
 }
 
-/// Records one delivery if it is about this run's orders, and acknowledges it
-/// whatever it is.
-async fn handle(delivery: Delivery, tracker: &mut Tracker, max_bytes: usize) {
+/// Records one delivery if it is about this run's orders, and starts its
+/// acknowledgement (whatever it is) in `acks`.
+fn observe(delivery: Delivery, tracker: &mut Tracker, acks: &mut JoinSet<()>, max_bytes: usize) {
     let at = Instant::now();
     match Envelope::decode(delivery.body(), max_bytes) {
         Ok(envelope) => {
@@ -349,19 +355,28 @@ async fn handle(delivery: Delivery, tracker: &mut Tracker, max_bytes: usize) {
             "undecodable event ignored"
         ),
     }
-    if let Err(error) = delivery.ack().await {
-        warn!(%error, "acknowledging failed; the event may come again (it is deduplicated)");
-    }
+    acks.spawn(async move {
+        if let Err(error) = delivery.ack().await {
+            warn!(%error, "acknowledging failed; the event may come again (it is deduplicated)");
+        }
+    });
+    while acks.try_join_next().is_some() {}
 }
 
 /// Stops fetching, records and acknowledges what was already fetched, and
 /// closes the consumer.
-async fn stop(mut consumer: Consumer, tracker: &mut Tracker, max_bytes: usize) {
+async fn stop(
+    mut consumer: Consumer,
+    tracker: &mut Tracker,
+    acks: &mut JoinSet<()>,
+    max_bytes: usize,
+) {
     consumer.stop();
     let until = tokio::time::Instant::now() + DRAIN;
     while let Ok(Some(delivery)) = tokio::time::timeout_at(until, consumer.next()).await {
-        handle(delivery, tracker, max_bytes).await;
+        observe(delivery, tracker, acks, max_bytes);
     }
+    while acks.join_next().await.is_some() {}
     consumer.shutdown().await;
 }
 
