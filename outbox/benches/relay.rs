@@ -262,7 +262,7 @@ async fn run(settings: &fleet_config::Settings) -> anyhow::Result<()> {
     // Minus the two statements of the first reading itself.
     let after = relay_statements(&pool).await? - 2;
     shutdown.cancel();
-    running.await??;
+    running.await?;
     // A window of W seconds holds up to W / poll + 1 poll instants (both
     // ends may catch one).
     let polls = (idle.as_secs_f64() / options.poll_interval.as_secs_f64()).floor() + 1.0;

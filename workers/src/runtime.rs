@@ -152,8 +152,8 @@ pub async fn start<H: Handler>(
             // In-flight work is committed; let the relay publish what it
             // wrote before the process goes.
             background.cancel();
-            if let Ok(Err(error)) = relay_task.await {
-                warn!(%error, "outbox relay ended with an error");
+            if let Err(error) = relay_task.await {
+                warn!(%error, "outbox relay task failed");
             }
             let _ = retention_task.await;
             http.task.await.ok();

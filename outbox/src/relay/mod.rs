@@ -129,9 +129,11 @@ impl Relay {
     ///
     /// While idle it makes one query per poll interval (and none between),
     /// waking early when a writer's `NOTIFY` arrives.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), sqlx::Error> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(&self.schema.wakeup_channel()).await?;
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Some(mut listener) = self.listen(&shutdown).await else {
+            info!(schema = %self.schema, "outbox relay stopped before it could listen");
+            return;
+        };
         let mut failures: u32 = 0;
         let mut drain = true;
         let mut woken = Woken::Timer;
@@ -246,7 +248,34 @@ impl Relay {
             lane.close().await;
         }
         info!(schema = %self.schema, published = self.status.published(), "outbox relay stopped");
-        Ok(())
+    }
+
+    /// Opens the `LISTEN` connection, trying again with backoff until it
+    /// opens or `shutdown` comes: a replica whose database is down at start
+    /// must still publish once it is back, not run without a relay.
+    async fn listen(&self, shutdown: &CancellationToken) -> Option<PgListener> {
+        let mut failures: u32 = 0;
+        loop {
+            let attempt = async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.listen(&self.schema.wakeup_channel()).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            let error = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                result = attempt => match result {
+                    Ok(listener) => return Some(listener),
+                    Err(error) => error,
+                },
+            };
+            failures = failures.saturating_add(1);
+            let pause = backoff(failures);
+            warn!(schema = %self.schema, %error, ?pause, "outbox relay cannot listen; trying again");
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
     }
 
     /// Publishes until no row is ready (or for at most [`STATUS_REFRESH`]);

@@ -19,6 +19,7 @@ on_both_transports!(
     three_relays_publish_every_row_of_a_large_backlog_once,
     a_relay_killed_between_publish_and_mark_gives_a_duplicate_the_inbox_absorbs,
     a_broker_outage_delays_but_loses_nothing,
+    a_relay_that_cannot_reach_postgres_at_start_publishes_once_it_can,
     a_local_writer_wakes_its_relay_in_process_and_sends_no_notify,
 );
 
@@ -209,7 +210,7 @@ async fn a_commit_publishes_and_a_rollback_publishes_nothing(transport: &'static
     assert_eq!(fixture.unpublished().await, 0);
 
     shutdown.cancel();
-    relay.await.unwrap().unwrap();
+    relay.await.unwrap();
     listener.shutdown().await;
 }
 
@@ -232,7 +233,7 @@ async fn three_relays_publish_every_row_of_a_large_backlog_once(transport: &'sta
     let extra = receive_more(&mut listener, Duration::from_millis(500)).await;
     shutdown.cancel();
     for relay in relays {
-        relay.await.unwrap().unwrap();
+        relay.await.unwrap();
     }
 
     assert_same(&seen.keys().copied().collect(), &ids, "every row published");
@@ -337,7 +338,57 @@ async fn a_broker_outage_delays_but_loses_nothing(transport: &'static str) {
     }
 
     shutdown.cancel();
-    relay.await.unwrap().unwrap();
+    relay.await.unwrap();
+    listener.shutdown().await;
+}
+
+/// A replica may start while its database is unreachable (the pool opens
+/// lazily); its relay must keep trying to listen, not give up for the life
+/// of the process.
+async fn a_relay_that_cannot_reach_postgres_at_start_publishes_once_it_can(
+    transport: &'static str,
+) {
+    let fixture = Fixture::new(transport).await;
+    let mut listener = fixture.listener().await;
+    let proxy = Proxy::start(&faults::address(&fixture.ctx.database_url, 5432)).await;
+    proxy.go_down();
+    let options = (*fixture.pool.connect_options()).clone().port(proxy.port);
+    let unreachable = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy_with(options);
+    let relay = Relay::new(
+        unreachable,
+        fixture.broker("relay").await,
+        fixture.schema.clone(),
+        RelayOptions {
+            batch_size: 50,
+            poll_interval: Duration::from_millis(200),
+            max_publish_attempts: 3,
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    let ids: HashSet<Uuid> = fixture.enqueue(20).await.into_iter().collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !running.is_finished(),
+        "the relay gave up while Postgres was away"
+    );
+    assert_eq!(
+        fixture.unpublished().await,
+        20,
+        "nothing could be published yet"
+    );
+
+    proxy.come_back();
+    let published = receive_all(&mut listener, &ids, Duration::from_secs(30)).await;
+    assert_same(
+        &published.keys().copied().collect(),
+        &ids,
+        "every row published once Postgres is reachable",
+    );
+    shutdown.cancel();
+    running.await.unwrap();
     listener.shutdown().await;
 }
 
@@ -405,7 +456,7 @@ async fn an_unroutable_row_is_parked_after_its_attempts_while_others_flow() {
     assert_eq!(attempts_later, 3);
 
     shutdown.cancel();
-    running.await.unwrap().unwrap();
+    running.await.unwrap();
     listener.shutdown().await;
 }
 
@@ -598,6 +649,6 @@ async fn a_local_writer_wakes_its_relay_in_process_and_sends_no_notify(transport
     assert_eq!(fixture.unpublished().await, 0);
 
     shutdown.cancel();
-    relay.await.unwrap().unwrap();
+    relay.await.unwrap();
     listener.shutdown().await;
 }
