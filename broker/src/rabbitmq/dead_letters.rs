@@ -51,15 +51,7 @@ pub(crate) async fn peek(
                 )
                 .await
                 .map_err(|error| BrokerError::rabbitmq("returning peeked dead letters", error))?;
-            channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
+            count_messages(&channel, &queue)
                 .await
                 .map_err(|error| not_found_or(error, &queue))?;
         }
@@ -80,23 +72,29 @@ pub(crate) async fn depth(
     worker: &str,
 ) -> Result<u64, BrokerError> {
     let queue = names::dead_letter_queue(namespace, worker);
+    let depth = match count_messages(channel, &queue).await {
+        Ok(count) => Ok(count),
+        Err(error) if is_not_found(&error) => Ok(0),
+        Err(error) => Err(BrokerError::rabbitmq(&format!("inspecting {queue}"), error)),
+    };
+    let _ = channel.close(200, "done".into()).await;
+    depth
+}
+
+/// How many messages `queue` holds, by a passive declare (which fails with
+/// 404 if it does not exist, and creates nothing).
+async fn count_messages(channel: &Channel, queue: &str) -> Result<u64, lapin::Error> {
     let declared = channel
         .queue_declare(
-            queue.as_str().into(),
+            queue.into(),
             QueueDeclareOptions {
                 passive: true,
                 ..Default::default()
             },
             FieldTable::default(),
         )
-        .await;
-    let depth = match declared {
-        Ok(declared) => Ok(u64::from(declared.message_count())),
-        Err(error) if is_not_found(&error) => Ok(0),
-        Err(error) => Err(BrokerError::rabbitmq(&format!("inspecting {queue}"), error)),
-    };
-    let _ = channel.close(200, "done".into()).await;
-    depth
+        .await?;
+    Ok(u64::from(declared.message_count()))
 }
 
 pub(crate) fn is_not_found(error: &lapin::Error) -> bool {
