@@ -30,31 +30,28 @@ pub trait Handler: Send + Sync + Sized + 'static {
         async { Ok(()) }
     }
 
-    /// Handles one decoded event inside `transaction` (search_path is the
-    /// worker's schema; the inbox claim is already made). Returns the events
-    /// to emit: the runtime writes them to the outbox in the same transaction.
-    fn handle(
-        &self,
-        transaction: &mut PgConnection,
-        event: &Envelope,
-    ) -> impl Future<Output = Result<Vec<Envelope>, HandlerError>> + Send;
-
-    /// Handles several decoded events, in order, inside one transaction
-    /// (each sees what the ones before it changed); returns what each
-    /// emits, one list per event. The default calls [`Handler::handle`] for
-    /// each; a worker whose events queue on the same rows can do a whole
-    /// batch in fewer round trips, so those rows stay locked for less time.
+    /// Handles decoded events, in order, inside one transaction (search_path
+    /// is the worker's schema; their inbox claims are already made; each
+    /// event sees what the ones before it changed). Returns what each emits,
+    /// one list per event: the runtime writes them to the outbox in the same
+    /// transaction. A worker whose events queue on the same rows does a
+    /// whole batch in a few statements, so those rows stay locked for less
+    /// time; a single event is a batch of one.
     fn handle_batch(
         &self,
         transaction: &mut PgConnection,
         events: &[&Envelope],
-    ) -> impl Future<Output = Result<Vec<Vec<Envelope>>, HandlerError>> + Send {
+    ) -> impl Future<Output = Result<Vec<Vec<Envelope>>, HandlerError>> + Send;
+
+    /// Handles one event: a batch of one.
+    fn handle(
+        &self,
+        transaction: &mut PgConnection,
+        event: &Envelope,
+    ) -> impl Future<Output = Result<Vec<Envelope>, HandlerError>> + Send {
         async move {
-            let mut emitted = Vec::with_capacity(events.len());
-            for event in events {
-                emitted.push(self.handle(&mut *transaction, event).await?);
-            }
-            Ok(emitted)
+            let mut emitted = self.handle_batch(transaction, &[event]).await?;
+            Ok(emitted.pop().unwrap_or_default())
         }
     }
 

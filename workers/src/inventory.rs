@@ -113,15 +113,6 @@ impl Handler for InventoryWorker {
         Ok(())
     }
 
-    async fn handle(
-        &self,
-        transaction: &mut PgConnection,
-        event: &Envelope,
-    ) -> Result<Vec<Envelope>, HandlerError> {
-        let mut emitted = self.handle_batch(transaction, &[event]).await?;
-        Ok(emitted.pop().unwrap_or_default())
-    }
-
     /// Consecutive `order.placed` events are reserved in one call; a
     /// `payment.declined` between them is released on its own, in its place.
     async fn handle_batch(

@@ -72,15 +72,6 @@ impl Handler for NotificationWorker {
     }
 
     /// One event is a batch of one: the same statement.
-    async fn handle(
-        &self,
-        transaction: &mut PgConnection,
-        event: &Envelope,
-    ) -> Result<Vec<Envelope>, HandlerError> {
-        let mut emitted = self.handle_batch(transaction, &[event]).await?;
-        Ok(emitted.pop().unwrap_or_default())
-    }
-
     /// Records the batch's notifications in one insert; the sink hears of
     /// each one recorded now, and only those. An order named twice in a
     /// batch is notified for its first event only, as if they came apart.

@@ -40,15 +40,6 @@ impl Handler for OrderWorker {
     }
 
     /// One event is a batch of one: the same statements.
-    async fn handle(
-        &self,
-        transaction: &mut PgConnection,
-        event: &Envelope,
-    ) -> Result<Vec<Envelope>, HandlerError> {
-        let mut emitted = self.handle_batch(transaction, &[event]).await?;
-        Ok(emitted.pop().unwrap_or_default())
-    }
-
     /// Splits the batch into runs of one kind of transition (submit,
     /// confirm, cancel) over distinct orders, in order, and makes each run
     /// one statement: a batch of a hundred events costs a few statements,

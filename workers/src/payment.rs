@@ -47,15 +47,6 @@ impl Handler for PaymentWorker {
     }
 
     /// One event is a batch of one: the same single call.
-    async fn handle(
-        &self,
-        transaction: &mut PgConnection,
-        event: &Envelope,
-    ) -> Result<Vec<Envelope>, HandlerError> {
-        let mut emitted = self.handle_batch(transaction, &[event]).await?;
-        Ok(emitted.pop().unwrap_or_default())
-    }
-
     /// Charges the whole batch in one call of `charge_orders` (migration
     /// 101), which also creates and locks the batch's customers in id order
     /// first, so no `lock_batch` is needed.

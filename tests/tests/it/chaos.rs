@@ -243,16 +243,17 @@ impl fleet_workers::Handler for CutBeforeAck {
         self.0.prepare(pool).await
     }
 
-    async fn handle(
+    async fn handle_batch(
         &self,
         transaction: &mut sqlx::PgConnection,
-        event: &Envelope,
-    ) -> Result<Vec<Envelope>, fleet_workers::HandlerError> {
-        let emitted = self.0.handle(transaction, event).await?;
-        if let fleet_messages::EventData::OrderSubmitted(order) = &event.data
-            && order.customer_id == "cut-before-ack"
-            && !CUT_DONE.swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
+        events: &[&Envelope],
+    ) -> Result<Vec<Vec<Envelope>>, fleet_workers::HandlerError> {
+        let emitted = self.0.handle_batch(transaction, events).await?;
+        let cut_here = events.iter().any(|event| {
+            matches!(&event.data, fleet_messages::EventData::OrderSubmitted(order)
+                if order.customer_id == "cut-before-ack")
+        });
+        if cut_here && !CUT_DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
             let cut = CUT.get().expect("the test arms the cut");
             tokio::task::block_in_place(cut);
         }

@@ -126,19 +126,21 @@ impl Handler for Tripwire {
         self.0.prepare(pool).await
     }
 
-    async fn handle(
+    async fn handle_batch(
         &self,
         transaction: &mut PgConnection,
-        event: &Envelope,
-    ) -> Result<Vec<Envelope>, HandlerError> {
-        if let EventData::OrderSubmitted(order) = &event.data {
-            assert_ne!(
-                order.customer_id, "tripwire",
-                "tripwire order {}",
-                order.order_id
-            );
+        events: &[&Envelope],
+    ) -> Result<Vec<Vec<Envelope>>, HandlerError> {
+        for event in events {
+            if let EventData::OrderSubmitted(order) = &event.data {
+                assert_ne!(
+                    order.customer_id, "tripwire",
+                    "tripwire order {}",
+                    order.order_id
+                );
+            }
         }
-        self.0.handle(transaction, event).await
+        self.0.handle_batch(transaction, events).await
     }
 }
 
