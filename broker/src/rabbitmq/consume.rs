@@ -99,6 +99,8 @@ struct Context {
     queue: String,
     retry_exchange: Arc<str>,
     retry_delays: Arc<[Duration]>,
+    /// One republish (retry or dead letter) pending at a time per consumer.
+    publishing: Arc<tokio::sync::Mutex<()>>,
 }
 
 async fn supervise(
@@ -115,6 +117,7 @@ async fn supervise(
         queue: names::worker_queue(&config.namespace, &topology.worker),
         retry_exchange: names::retry_exchange(&config.namespace, &topology.worker).into(),
         retry_delays: topology.retry_delays.clone().into(),
+        publishing: Arc::default(),
     };
     loop {
         if forward(&mut session, &sender, &stop, &context).await == Forwarding::Stopped {
@@ -236,6 +239,7 @@ fn convert(delivery: lapin::message::Delivery, context: &Context, channel: &Chan
             retry_exchange: context.retry_exchange.clone(),
             retry_delays: context.retry_delays.clone(),
             properties,
+            publishing: context.publishing.clone(),
         })),
     }
 }

@@ -38,7 +38,7 @@ use tokio::time::Instant;
 
 use fleet_messages::{CONTENT_TYPE, names};
 
-use super::publish::outcome;
+use super::publish::group_outcomes;
 use super::topology::{DEAD_KEY, REDELIVER_KEY};
 use super::{RabbitMqBroker, connection, dead_letters, headers};
 use crate::dead_letter_ops::{
@@ -158,7 +158,10 @@ impl Source {
 /// One replay waiting for its confirm.
 struct Pending {
     tag: u64,
+    /// The dead letter's id, for the report.
     id: String,
+    /// The republished message's id, to match a returned message to it.
+    message_id: Option<String>,
     confirm: PublisherConfirm,
 }
 
@@ -251,10 +254,8 @@ impl RabbitMqBroker {
                     // Paced: confirms are long in by the next turn, so settle
                     // them now rather than leave replayed dead letters
                     // unremoved (a kill would duplicate them) for a window.
-                    while let Some(front) = pending.pop_front() {
-                        if let Err(error) = settle(&channel, front, config, &mut report).await {
-                            report.aborted = Some(error.to_string());
-                        }
+                    if let Err(error) = settle(&channel, &mut pending, config, &mut report).await {
+                        report.aborted = Some(error.to_string());
                     }
                     if report.aborted.is_some() {
                         break;
@@ -311,6 +312,11 @@ impl RabbitMqBroker {
                     Ok(confirm) => pending.push_back(Pending {
                         tag: delivery.delivery_tag,
                         id: letter.id,
+                        message_id: delivery
+                            .properties
+                            .message_id()
+                            .as_ref()
+                            .map(|id| id.as_str().to_owned()),
                         confirm,
                     }),
                     Err(error) => {
@@ -319,23 +325,18 @@ impl RabbitMqBroker {
                         break;
                     }
                 }
-                while pending.len() >= CONFIRM_WINDOW {
-                    if let Some(front) = pending.pop_front()
-                        && let Err(error) = settle(&channel, front, config, &mut report).await
-                    {
-                        report.aborted = Some(error.to_string());
-                        break;
-                    }
+                if pending.len() >= CONFIRM_WINDOW
+                    && let Err(error) = settle(&channel, &mut pending, config, &mut report).await
+                {
+                    report.aborted = Some(error.to_string());
                 }
                 if report.aborted.is_some() {
                     break;
                 }
                 progress(&report);
             }
-            while let Some(front) = pending.pop_front() {
-                if let Err(error) = settle(&channel, front, config, &mut report).await {
-                    report.aborted.get_or_insert(error.to_string());
-                }
+            if let Err(error) = settle(&channel, &mut pending, config, &mut report).await {
+                report.aborted.get_or_insert(error.to_string());
             }
             if report.aborted.is_none() && !report.stopped_early {
                 report.missing = remaining;
@@ -362,12 +363,19 @@ impl RabbitMqBroker {
             let channel = connection::confirm_channel(&connection).await?;
             let exchange = names::retry_exchange(&config.namespace, worker);
             let mut confirms = Vec::with_capacity(letters.len());
+            let mut ids = Vec::with_capacity(letters.len());
             for letter in letters {
                 let (key, properties) = if replay {
                     (REDELIVER_KEY, imported_replay_properties(letter))
                 } else {
                     (DEAD_KEY, imported_dead_letter_properties(letter, worker))
                 };
+                ids.push(
+                    properties
+                        .message_id()
+                        .as_ref()
+                        .map(|id| id.as_str().to_owned()),
+                );
                 confirms.push(
                     channel
                         .basic_publish(
@@ -383,22 +391,21 @@ impl RabbitMqBroker {
                         .await,
                 );
             }
-            let mut outcomes = Vec::with_capacity(confirms.len());
+            let mut confirmations = Vec::with_capacity(confirms.len());
             for confirm in confirms {
-                outcomes.push(match confirm {
-                    Err(error) => PublishOutcome::Failed(format!("publish failed: {error}")),
+                confirmations.push(match confirm {
+                    Err(error) => Err(format!("publish failed: {error}")),
                     Ok(confirm) => {
                         match tokio::time::timeout(config.confirm_timeout, confirm).await {
-                            Err(_) => PublishOutcome::Failed("no confirm in time".to_owned()),
-                            Ok(Err(error)) => {
-                                PublishOutcome::Failed(format!("confirm failed: {error}"))
-                            }
-                            Ok(Ok(confirmation)) => outcome(confirmation),
+                            Err(_) => Err("no confirm in time".to_owned()),
+                            Ok(Err(error)) => Err(format!("confirm failed: {error}")),
+                            Ok(Ok(confirmation)) => Ok(confirmation),
                         }
                     }
                 });
             }
-            Ok(outcomes)
+            let ids: Vec<Option<&str>> = ids.iter().map(Option::as_deref).collect();
+            Ok(group_outcomes(&ids, confirmations))
         }
         .await;
         let _ = connection.close(200, "import done".into()).await;
@@ -406,33 +413,51 @@ impl RabbitMqBroker {
     }
 }
 
-/// Waits for the oldest replay's confirm; acknowledges (removes) its dead
-/// letter only when confirmed and routed.
+/// Waits for the confirms of every pending replay, then acknowledges
+/// (removes) the dead letter of each one confirmed and routed. Settled as a
+/// group, not one by one: a returned message may come with another
+/// replay's confirm (see `group_outcomes`), so whether a replay was routed
+/// is known only once the whole group's confirms are in.
 async fn settle(
     channel: &Channel,
-    pending: Pending,
+    pending: &mut VecDeque<Pending>,
     config: &super::ConnectionConfig,
     report: &mut ReplayReport,
 ) -> Result<(), BrokerError> {
-    let outcome = match tokio::time::timeout(config.confirm_timeout, pending.confirm).await {
-        Err(_) => PublishOutcome::Failed(format!(
-            "no confirm within {} ms",
-            config.confirm_timeout.as_millis()
-        )),
-        Ok(Err(error)) => PublishOutcome::Failed(format!("confirm failed: {error}")),
-        Ok(Ok(confirmation)) => outcome(confirmation),
-    };
-    match outcome {
-        PublishOutcome::Confirmed => {
-            ack(channel, pending.tag).await?;
-            report.replayed += 1;
+    let group: Vec<Pending> = pending.drain(..).collect();
+    let mut confirmations = Vec::with_capacity(group.len());
+    let mut settled = Vec::with_capacity(group.len());
+    for replay in group {
+        let confirmation = match tokio::time::timeout(config.confirm_timeout, replay.confirm).await
+        {
+            Err(_) => Err(format!(
+                "no confirm within {} ms",
+                config.confirm_timeout.as_millis()
+            )),
+            Ok(Err(error)) => Err(format!("confirm failed: {error}")),
+            Ok(Ok(confirmation)) => Ok(confirmation),
+        };
+        confirmations.push(confirmation);
+        settled.push((replay.tag, replay.id, replay.message_id));
+    }
+    let ids: Vec<Option<&str>> = settled
+        .iter()
+        .map(|(_, _, message_id)| message_id.as_deref())
+        .collect();
+    let outcomes = group_outcomes(&ids, confirmations);
+    for ((tag, id, _), outcome) in settled.iter().zip(outcomes) {
+        match outcome {
+            PublishOutcome::Confirmed => {
+                ack(channel, *tag).await?;
+                report.replayed += 1;
+            }
+            PublishOutcome::Unroutable => report.fail(
+                id,
+                "unroutable: the worker's queue is not bound to its retry exchange (has the worker ever run?)"
+                    .to_owned(),
+            ),
+            other => report.fail(id, format!("{other:?}")),
         }
-        PublishOutcome::Unroutable => report.fail(
-            &pending.id,
-            "unroutable: the worker's queue is not bound to its retry exchange (has the worker ever run?)"
-                .to_owned(),
-        ),
-        other => report.fail(&pending.id, format!("{other:?}")),
     }
     Ok(())
 }

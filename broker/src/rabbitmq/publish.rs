@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -26,6 +27,35 @@ pub(crate) struct Publisher {
 struct Session {
     connection: Arc<Connection>,
     channel: Channel,
+    /// Confirm channels for batches, each used by one batch at a time:
+    /// returned messages can only be told apart within a channel that no
+    /// other batch publishes on meanwhile (see [`group_outcomes`]).
+    idle_batch_channels: Arc<std::sync::Mutex<Vec<Channel>>>,
+}
+
+impl Session {
+    /// A confirm channel of this batch's own: an idle one, or a new one.
+    async fn take_batch_channel(&self) -> Result<Channel, BrokerError> {
+        loop {
+            let idle = self
+                .idle_batch_channels
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
+            match idle {
+                Some(channel) if channel.status().connected() => return Ok(channel),
+                Some(_) => continue,
+                None => return connection::confirm_channel(&self.connection).await,
+            }
+        }
+    }
+
+    fn return_batch_channel(&self, channel: Channel) {
+        self.idle_batch_channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(channel);
+    }
 }
 
 impl fmt::Debug for Publisher {
@@ -73,6 +103,7 @@ impl Publisher {
         let session = Session {
             connection: Arc::new(connection),
             channel,
+            idle_batch_channels: Arc::default(),
         };
         *guard = Some(session.clone());
         Ok(session)
@@ -87,7 +118,8 @@ impl Publisher {
         &self,
         messages: &[OutgoingMessage],
     ) -> Result<Vec<PublishOutcome>, BrokerError> {
-        let channel = self.channel().await?;
+        let session = self.session().await?;
+        let channel = session.take_batch_channel().await?;
         let exchange = names::exchange(&self.config.namespace);
         let deadline = Instant::now() + self.config.confirm_timeout;
 
@@ -111,36 +143,89 @@ impl Publisher {
             pending.push(sent);
         }
 
-        let mut outcomes = Vec::with_capacity(messages.len());
+        let mut confirmations = Vec::with_capacity(messages.len());
         let mut broken = false;
         for sent in pending {
-            let outcome = match sent {
-                Err(error) => {
-                    broken = true;
-                    PublishOutcome::Failed(format!("publish failed: {error}"))
-                }
+            confirmations.push(match sent {
+                Err(error) => Err(format!("publish failed: {error}")),
                 Ok(confirm) => match timeout_at(deadline, confirm).await {
-                    Err(_) => {
-                        broken = true;
-                        PublishOutcome::Failed(format!(
-                            "no confirm within {} ms",
-                            self.config.confirm_timeout.as_millis()
-                        ))
-                    }
-                    Ok(Err(error)) => {
-                        broken = true;
-                        PublishOutcome::Failed(format!("confirm failed: {error}"))
-                    }
-                    Ok(Ok(confirmation)) => outcome(confirmation),
+                    Err(_) => Err(format!(
+                        "no confirm within {} ms",
+                        self.config.confirm_timeout.as_millis()
+                    )),
+                    Ok(Err(error)) => Err(format!("confirm failed: {error}")),
+                    Ok(Ok(confirmation)) => Ok(confirmation),
                 },
-            };
-            outcomes.push(outcome);
+            });
+            broken |= confirmations.last().is_some_and(Result::is_err);
         }
+        let ids: Vec<Option<&str>> = messages
+            .iter()
+            .map(|message| Some(message.id.as_str()))
+            .collect();
+        let outcomes = group_outcomes(&ids, confirmations);
         if broken {
             self.invalidate().await;
+        } else {
+            session.return_batch_channel(channel);
         }
         Ok(outcomes)
     }
+}
+
+/// What became of a group of publishes, in order, from their confirms (or
+/// why one has none), given that no other publish shared their channel
+/// until every confirm of the group came back.
+///
+/// When one `multiple` ack covers several publishes, lapin hands a returned
+/// (unroutable) message to whichever of their confirms it resolves first,
+/// not to the publish it belongs to. So returns are matched to publishes by
+/// message id across the whole group. A return without an id cannot be
+/// matched, and then every publish of the group counts as unroutable: a
+/// retry is a duplicate at worst, a wrong "confirmed" would be a loss.
+pub(crate) fn group_outcomes(
+    message_ids: &[Option<&str>],
+    confirmations: Vec<Result<Confirmation, String>>,
+) -> Vec<PublishOutcome> {
+    let mut returned: HashSet<String> = HashSet::new();
+    let mut unmatched_return = false;
+    let mut note = |message: Option<lapin::message::BasicReturnMessage>| {
+        if let Some(message) = message {
+            match message.delivery.properties.message_id() {
+                Some(id) => {
+                    returned.insert(id.as_str().to_owned());
+                }
+                None => unmatched_return = true,
+            }
+        }
+    };
+    let acked: Vec<Result<bool, String>> = confirmations
+        .into_iter()
+        .map(|confirmation| match confirmation {
+            Ok(Confirmation::Ack(message)) => {
+                note(message);
+                Ok(true)
+            }
+            Ok(Confirmation::Nack(message)) => {
+                note(message);
+                Ok(false)
+            }
+            Ok(Confirmation::NotRequested) => Err("the channel is not in confirm mode".to_owned()),
+            Err(reason) => Err(reason),
+        })
+        .collect();
+    message_ids
+        .iter()
+        .zip(acked)
+        .map(|(id, acked)| match acked {
+            Err(reason) => PublishOutcome::Failed(reason),
+            Ok(_) if unmatched_return || id.is_some_and(|id| returned.contains(id)) => {
+                PublishOutcome::Unroutable
+            }
+            Ok(true) => PublishOutcome::Confirmed,
+            Ok(false) => PublishOutcome::Nacked,
+        })
+        .collect()
 }
 
 /// Whether a publish of `event_type` that no queue takes is a failure.
@@ -155,18 +240,6 @@ fn expects_a_consumer(event_type: &str) -> bool {
     event_type
         .parse::<fleet_messages::EventType>()
         .map_or(true, |event_type| event_type.consumers().next().is_some())
-}
-
-pub(crate) fn outcome(confirmation: Confirmation) -> PublishOutcome {
-    match confirmation {
-        // A mandatory message that no queue took comes back *and* is acked.
-        Confirmation::Ack(Some(_returned)) => PublishOutcome::Unroutable,
-        Confirmation::Ack(None) => PublishOutcome::Confirmed,
-        Confirmation::Nack(_) => PublishOutcome::Nacked,
-        Confirmation::NotRequested => {
-            PublishOutcome::Failed("the channel is not in confirm mode".to_owned())
-        }
-    }
 }
 
 fn properties(message: &OutgoingMessage) -> BasicProperties {

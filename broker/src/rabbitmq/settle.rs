@@ -7,7 +7,7 @@ use lapin::types::FieldTable;
 use lapin::{Acker, BasicProperties, Channel};
 
 use super::headers;
-use super::publish::outcome;
+use super::publish::group_outcomes;
 use super::topology::{DEAD_KEY, tier_key};
 use crate::{BrokerError, DeliveryInfo, Failure, PublishOutcome};
 
@@ -22,6 +22,10 @@ pub struct Settler {
     pub(crate) retry_exchange: Arc<str>,
     pub(crate) retry_delays: Arc<[Duration]>,
     pub(crate) properties: BasicProperties,
+    /// Held from publish to confirm, so that one republish at a time is
+    /// pending on the channel and a returned message is known to be its own
+    /// (see `group_outcomes`). Retries and dead letters are the rare path.
+    pub(crate) publishing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl fmt::Debug for Settler {
@@ -77,7 +81,8 @@ impl Settler {
         headers: FieldTable,
     ) -> Result<(), BrokerError> {
         let properties = self.properties.clone().with_headers(headers);
-        let confirmed = match self
+        let exclusive = self.publishing.lock().await;
+        let confirmation = match self
             .channel
             .basic_publish(
                 self.retry_exchange.as_ref().into(),
@@ -91,12 +96,14 @@ impl Settler {
             )
             .await
         {
-            Ok(confirm) => match confirm.await {
-                Ok(confirmation) => outcome(confirmation),
-                Err(error) => PublishOutcome::Failed(error.to_string()),
-            },
-            Err(error) => PublishOutcome::Failed(error.to_string()),
+            Ok(confirm) => confirm.await.map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
         };
+        drop(exclusive);
+        let id = self.properties.message_id().as_ref().map(|id| id.as_str());
+        let confirmed = group_outcomes(&[id], vec![confirmation])
+            .pop()
+            .unwrap_or_else(|| PublishOutcome::Failed("no outcome".to_owned()));
         if confirmed != PublishOutcome::Confirmed {
             // Put the original back rather than leave it unacknowledged on a
             // live channel, where it would sit until the channel closes.

@@ -479,3 +479,75 @@ async fn a_publish_to_an_unreachable_broker_fails_fast(transport: &'static str) 
     assert!(error.is_transient(), "{error}");
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+/// RabbitMQ acknowledges several publishes with one `multiple` ack, and
+/// lapin hands a returned (unroutable) message to whichever of those
+/// confirms it resolves first, not to the publish it belongs to. Batches
+/// that share a channel would then swap outcomes: an unroutable event
+/// marked published (lost) and a delivered one retried. Every outcome must
+/// belong to its own message, however many batches are in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rabbitmq_outcomes_of_concurrent_batches_belong_to_their_own_messages() {
+    let fixture = Fixture::new("rabbitmq").await;
+    // Only order.placed has a queue; stock.reserved, which a worker
+    // consumes (so it is published mandatory), comes back unroutable.
+    let (_observer, mut consumer) = fixture
+        .consumer("observer", &topology("observer-worker", &["order.placed"]))
+        .await;
+    let publisher = fixture.broker("publisher").await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..6 {
+        let publisher = publisher.clone();
+        tasks.spawn(async move {
+            let mut wrong = Vec::new();
+            let mut routed = Vec::new();
+            for round in 0..25 {
+                let batch: Vec<OutgoingMessage> = (0..16)
+                    .map(|n| {
+                        let kind = if (n + task + round) % 4 == 0 {
+                            "stock.reserved"
+                        } else {
+                            "order.placed"
+                        };
+                        message(kind, n)
+                    })
+                    .collect();
+                let outcomes = publisher.publish_batch(&batch).await.unwrap();
+                for (message, outcome) in batch.iter().zip(outcomes) {
+                    let expected = if message.event_type == "order.placed" {
+                        routed.push(message.id.clone());
+                        PublishOutcome::Confirmed
+                    } else {
+                        PublishOutcome::Unroutable
+                    };
+                    if outcome != expected {
+                        wrong.push(format!(
+                            "{} {}: {outcome:?}",
+                            message.event_type, message.id
+                        ));
+                    }
+                }
+            }
+            (wrong, routed)
+        });
+    }
+    let mut wrong = Vec::new();
+    let mut routed = BTreeSet::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (task_wrong, task_routed) = joined.unwrap();
+        wrong.extend(task_wrong);
+        routed.extend(task_routed);
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} outcomes belong to another message: {wrong:?}",
+        wrong.len()
+    );
+    let mut received = BTreeSet::new();
+    while received.len() < routed.len() {
+        let delivery = next(&mut consumer).await;
+        received.insert(id_of(&delivery));
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(received, routed, "every confirmed message was delivered");
+}
