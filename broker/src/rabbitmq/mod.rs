@@ -16,6 +16,16 @@
 //! bound to. Dead letters take key `dead`. The worker queue dead-letters to
 //! the same place by itself once a message exceeds its delivery limit (a
 //! consumer crashing on it every time), at-least-once.
+//!
+//! Publishing is `mandatory` (for types a worker consumes) with confirms,
+//! and an unroutable message comes back before its ack; AMQP gives a return
+//! no delivery tag, and the ack of another publish may come in between
+//! (amqp-node/amqplib#185 discusses it). lapin attaches a return to the
+//! next confirm it resolves, and when one `multiple` ack covers several
+//! publishes, to whichever of them it resolves first. So each batch publishes on a confirm channel of its own, and once
+//! all its confirms are in, returns are matched to publishes by message id
+//! (`publish::group_outcomes`); dlq-tool's replays settle in such groups,
+//! and a consumer publishes its retries and dead letters one at a time.
 
 mod connection;
 mod consume;
