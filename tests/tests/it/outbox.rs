@@ -78,13 +78,30 @@ impl Fixture {
     }
 
     fn relay(&self, broker: Broker, batch_size: u32) -> Relay {
-        Relay::new(
+        self.relay_with(
             self.pool.clone(),
+            broker,
+            batch_size,
+            Duration::from_millis(200),
+        )
+    }
+
+    /// A relay on `pool` (which may reach Postgres another way) that polls
+    /// every `poll_interval`.
+    fn relay_with(
+        &self,
+        pool: PgPool,
+        broker: Broker,
+        batch_size: u32,
+        poll_interval: Duration,
+    ) -> Relay {
+        Relay::new(
+            pool,
             broker,
             self.schema.clone(),
             RelayOptions {
                 batch_size,
-                poll_interval: Duration::from_millis(200),
+                poll_interval,
                 max_publish_attempts: 3,
             },
         )
@@ -356,15 +373,11 @@ async fn a_relay_that_cannot_reach_postgres_at_start_publishes_once_it_can(
     let unreachable = sqlx::postgres::PgPoolOptions::new()
         .acquire_timeout(Duration::from_millis(500))
         .connect_lazy_with(options);
-    let relay = Relay::new(
+    let relay = fixture.relay_with(
         unreachable,
         fixture.broker("relay").await,
-        fixture.schema.clone(),
-        RelayOptions {
-            batch_size: 50,
-            poll_interval: Duration::from_millis(200),
-            max_publish_attempts: 3,
-        },
+        50,
+        Duration::from_millis(200),
     );
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(relay.run(shutdown.clone()));
@@ -599,15 +612,12 @@ async fn concurrent_claims_of_one_event_let_exactly_one_through() {
 async fn a_local_writer_wakes_its_relay_in_process_and_sends_no_notify(transport: &'static str) {
     let fixture = Fixture::new(transport).await;
     let mut listener = fixture.listener().await;
-    let relay = Relay::new(
+    // A poll too slow to be what publishes the rows.
+    let relay = fixture.relay_with(
         fixture.pool.clone(),
         fixture.broker("relay").await,
-        fixture.schema.clone(),
-        RelayOptions {
-            batch_size: 100,
-            poll_interval: Duration::from_secs(60),
-            max_publish_attempts: 3,
-        },
+        100,
+        Duration::from_secs(60),
     );
     let wakeup = relay.wakeup();
     let shutdown = CancellationToken::new();
