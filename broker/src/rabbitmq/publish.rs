@@ -182,7 +182,10 @@ impl Publisher {
 /// not to the publish it belongs to. So returns are matched to publishes by
 /// message id across the whole group. A return without an id cannot be
 /// matched, and then every publish of the group counts as unroutable: a
-/// retry is a duplicate at worst, a wrong "confirmed" would be a loss.
+/// retry is a duplicate at worst, a wrong "confirmed" would be a loss. For
+/// the same reason, when any confirm of the group is missing (it timed
+/// out, the channel broke), a return may have gone with it, and the acked
+/// publishes of the group count as failed, to be sent again.
 pub(crate) fn group_outcomes(
     message_ids: &[Option<&str>],
     confirmations: Vec<Result<Confirmation, String>>,
@@ -214,6 +217,7 @@ pub(crate) fn group_outcomes(
             Err(reason) => Err(reason),
         })
         .collect();
+    let incomplete = acked.iter().any(Result::is_err);
     message_ids
         .iter()
         .zip(acked)
@@ -222,6 +226,10 @@ pub(crate) fn group_outcomes(
             Ok(_) if unmatched_return || id.is_some_and(|id| returned.contains(id)) => {
                 PublishOutcome::Unroutable
             }
+            Ok(true) if incomplete => PublishOutcome::Failed(
+                "another confirm of its batch is missing, so whether it was routed is unknown"
+                    .to_owned(),
+            ),
             Ok(true) => PublishOutcome::Confirmed,
             Ok(false) => PublishOutcome::Nacked,
         })
