@@ -6,13 +6,14 @@
 #   scripts/fleet.sh                          # RabbitMQ, 2 replicas each, 2,000 orders
 #   scripts/fleet.sh --transport redis --replicas 3 --orders 5000 --rate 500
 #   scripts/fleet.sh --keep-running           # leave the fleet up after the demo (Ctrl-C stops it)
+#   scripts/fleet.sh --fresh --orders 20000   # benchmark: start from an empty database and broker namespace
 #
 # Logs go to target/fleet-logs/<worker>-<n>.log. The exit code is loadgen's:
 # 0 when every order ended exactly once as the contract predicts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-transport=rabbitmq replicas=2 orders=2000 rate=0 keep=false namespace=${FLEET__NAMESPACE:-fleet}
+transport=rabbitmq replicas=2 orders=2000 rate=0 keep=false fresh=false namespace=${FLEET__NAMESPACE:-fleet}
 while [ $# -gt 0 ]; do
   case "$1" in
     --transport) transport=$2; shift 2 ;;
@@ -21,7 +22,8 @@ while [ $# -gt 0 ]; do
     --rate) rate=$2; shift 2 ;;
     --namespace) namespace=$2; shift 2 ;;
     --keep-running) keep=true; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --fresh) fresh=true; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -31,6 +33,21 @@ source scripts/services.sh >/dev/null
 target=${CARGO_TARGET_DIR:-target}
 log "building the workers (release)"
 cargo build --release --quiet -p fleet-workers --bins
+
+if $fresh; then
+  # Every run otherwise finds the tables, queues and streams of the runs
+  # before it; a benchmark should not depend on how many there were.
+  log "dropping the fleet database and the $namespace namespace on both brokers"
+  psql -h 127.0.0.1 -U postgres -d postgres -qc 'DROP DATABASE IF EXISTS fleet WITH (FORCE)'
+  api=${RABBITMQ_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:15672}/api
+  for queue in $(curl -sf "$api/queues/%2f?columns=name" | python3 -c '
+import json, sys
+prefix = sys.argv[1] + "."
+print(" ".join(q["name"] for q in json.load(sys.stdin) if q["name"].startswith(prefix)))' "$namespace"); do
+    curl -sf -X DELETE "$api/queues/%2f/$queue" >/dev/null
+  done
+  redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "$namespace:*" | xargs -r redis-cli -h 127.0.0.1 -p 6379 del >/dev/null
+fi
 
 # The fleet's own database; each worker owns a schema in it.
 psql -h 127.0.0.1 -U postgres -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'fleet'" | grep -q 1 \
