@@ -39,23 +39,7 @@ async fn a_backlog_is_handled_in_batches_and_a_failing_event_costs_its_batch_not
     transport: &'static str,
 ) {
     // One slot, so a backlog builds up behind it and batches form.
-    let mut fleet = Fleet::with_settings(
-        transport,
-        &[
-            ("FLEET__WORKER__CONCURRENCY", "1"),
-            ("FLEET__WORKER__MAX_BATCH", "64"),
-        ],
-    )
-    .await;
-    let settings = fleet.settings(Worker::Inventory.name());
-    fleet
-        .broker
-        .declare_worker(&WorkerTopology::for_worker(
-            Worker::Inventory,
-            &settings.retry,
-        ))
-        .await
-        .unwrap();
+    let mut fleet = one_slot(transport, Worker::Inventory).await;
 
     // A backlog waiting before the worker starts: orders for the hot SKUs,
     // with the refused events spread among them.
@@ -264,15 +248,25 @@ impl BatchMetrics {
     }
 }
 
-/// One slot and room for large batches, so a backlog forms batches.
-fn one_slot(transport: &'static str) -> impl std::future::Future<Output = Fleet> {
-    Fleet::with_settings(
+/// A fleet whose replicas have one slot and room for large batches, so a
+/// backlog forms batches, with `worker`'s topology declared, so that events
+/// published before the worker starts wait for it.
+async fn one_slot(transport: &'static str, worker: Worker) -> Fleet {
+    let fleet = Fleet::with_settings(
         transport,
         &[
             ("FLEET__WORKER__CONCURRENCY", "1"),
             ("FLEET__WORKER__MAX_BATCH", "64"),
         ],
     )
+    .await;
+    let settings = fleet.settings(worker.name());
+    fleet
+        .broker
+        .declare_worker(&WorkerTopology::for_worker(worker, &settings.retry))
+        .await
+        .unwrap();
+    fleet
 }
 
 /// Waits until `schema`'s outbox holds `rows` events and `worker` has
@@ -312,17 +306,9 @@ const CREDIT_LIMIT: i64 = 100_000;
 /// customer's captured total is what its captured payments add up to
 /// (within the limit), and each declined order really did not fit.
 async fn a_batch_of_charges_spends_each_customers_credit_once(transport: &'static str) {
-    let mut fleet = one_slot(transport).await;
+    let mut fleet = one_slot(transport, Worker::Payment).await;
     let settings = fleet.settings(Worker::Payment.name());
     assert_eq!(settings.payment.credit_limit_cents, CREDIT_LIMIT);
-    fleet
-        .broker
-        .declare_worker(&WorkerTopology::for_worker(
-            Worker::Payment,
-            &settings.retry,
-        ))
-        .await
-        .unwrap();
 
     let mut events = Vec::new();
     let mut orders = Vec::new();
@@ -439,13 +425,7 @@ const STRANGERS: usize = 3;
 /// statement, and still every order is recorded once, moves once, and
 /// every stranger is dead-lettered alone.
 async fn order_batches_move_each_order_once_and_refuse_strangers(transport: &'static str) {
-    let mut fleet = one_slot(transport).await;
-    let settings = fleet.settings(Worker::Order.name());
-    fleet
-        .broker
-        .declare_worker(&WorkerTopology::for_worker(Worker::Order, &settings.retry))
-        .await
-        .unwrap();
+    let mut fleet = one_slot(transport, Worker::Order).await;
     fleet.add::<OrderWorker>(1).await;
 
     // Submissions: every fifth has a quantity of 0 (rejected); every
@@ -606,16 +586,7 @@ const TERMINAL: usize = 150;
 /// A backlog of confirmed and cancelled orders, some delivered twice with
 /// new event ids (in the same batch or not): one notification each.
 async fn a_batch_of_terminal_orders_notifies_each_once(transport: &'static str) {
-    let mut fleet = one_slot(transport).await;
-    let settings = fleet.settings(Worker::Notification.name());
-    fleet
-        .broker
-        .declare_worker(&WorkerTopology::for_worker(
-            Worker::Notification,
-            &settings.retry,
-        ))
-        .await
-        .unwrap();
+    let mut fleet = one_slot(transport, Worker::Notification).await;
     let mut events = Vec::new();
     let mut templates = HashMap::new();
     for n in 0..TERMINAL {
