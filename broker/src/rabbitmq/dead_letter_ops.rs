@@ -38,7 +38,7 @@ use tokio::time::Instant;
 
 use fleet_messages::{CONTENT_TYPE, names};
 
-use super::publish::group_outcomes;
+use super::publish::{confirmation, group_outcomes};
 use super::topology::{DEAD_KEY, REDELIVER_KEY};
 use super::{RabbitMqBroker, connection, dead_letters, headers};
 use crate::dead_letter_ops::{
@@ -393,18 +393,10 @@ impl RabbitMqBroker {
                         .await,
                 );
             }
+            let deadline = Instant::now() + config.confirm_timeout;
             let mut confirmations = Vec::with_capacity(confirms.len());
-            for confirm in confirms {
-                confirmations.push(match confirm {
-                    Err(error) => Err(format!("publish failed: {error}")),
-                    Ok(confirm) => {
-                        match tokio::time::timeout(config.confirm_timeout, confirm).await {
-                            Err(_) => Err("no confirm in time".to_owned()),
-                            Ok(Err(error)) => Err(format!("confirm failed: {error}")),
-                            Ok(Ok(confirmation)) => Ok(confirmation),
-                        }
-                    }
-                });
+            for sent in confirms {
+                confirmations.push(confirmation(sent, deadline, config.confirm_timeout).await);
             }
             let ids: Vec<Option<&str>> = ids.iter().map(Option::as_deref).collect();
             Ok(group_outcomes(&ids, confirmations))
@@ -429,17 +421,10 @@ async fn settle(
     let group: Vec<Pending> = pending.drain(..).collect();
     let mut confirmations = Vec::with_capacity(group.len());
     let mut settled = Vec::with_capacity(group.len());
+    let deadline = Instant::now() + config.confirm_timeout;
     for replay in group {
-        let confirmation = match tokio::time::timeout(config.confirm_timeout, replay.confirm).await
-        {
-            Err(_) => Err(format!(
-                "no confirm within {} ms",
-                config.confirm_timeout.as_millis()
-            )),
-            Ok(Err(error)) => Err(format!("confirm failed: {error}")),
-            Ok(Ok(confirmation)) => Ok(confirmation),
-        };
-        confirmations.push(confirmation);
+        confirmations
+            .push(confirmation(Ok(replay.confirm), deadline, config.confirm_timeout).await);
         settled.push((replay.tag, replay.id, replay.message_id));
     }
     let ids: Vec<Option<&str>> = settled

@@ -1,9 +1,10 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use tokio::sync::Mutex;
 use tokio::time::{Instant, timeout_at};
 
@@ -146,17 +147,7 @@ impl Publisher {
         let mut confirmations = Vec::with_capacity(messages.len());
         let mut broken = false;
         for sent in pending {
-            confirmations.push(match sent {
-                Err(error) => Err(format!("publish failed: {error}")),
-                Ok(confirm) => match timeout_at(deadline, confirm).await {
-                    Err(_) => Err(format!(
-                        "no confirm within {} ms",
-                        self.config.confirm_timeout.as_millis()
-                    )),
-                    Ok(Err(error)) => Err(format!("confirm failed: {error}")),
-                    Ok(Ok(confirmation)) => Ok(confirmation),
-                },
-            });
+            confirmations.push(confirmation(sent, deadline, self.config.confirm_timeout).await);
             broken |= confirmations.last().is_some_and(Result::is_err);
         }
         let ids: Vec<Option<&str>> = messages
@@ -170,6 +161,23 @@ impl Publisher {
             session.return_batch_channel(channel);
         }
         Ok(outcomes)
+    }
+}
+
+/// The confirm of one publish, or why there is none by `deadline` (the end
+/// of `timeout`, which the reason names).
+pub(crate) async fn confirmation(
+    sent: Result<PublisherConfirm, lapin::Error>,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Confirmation, String> {
+    match sent {
+        Err(error) => Err(format!("publish failed: {error}")),
+        Ok(confirm) => match timeout_at(deadline, confirm).await {
+            Err(_) => Err(format!("no confirm within {} ms", timeout.as_millis())),
+            Ok(Err(error)) => Err(format!("confirm failed: {error}")),
+            Ok(Ok(confirmation)) => Ok(confirmation),
+        },
     }
 }
 
