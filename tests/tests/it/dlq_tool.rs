@@ -131,10 +131,12 @@ impl Fixture {
     /// Runs a command that must succeed and print one JSON document.
     async fn json(&self, args: &[&str]) -> Value {
         let output = self.run(args).await;
+        // The report (stdout) says which letters failed and why.
         assert_eq!(
             output.status.code(),
             Some(0),
-            "dlq-tool {args:?}: {}",
+            "dlq-tool {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
         parse(&output)
