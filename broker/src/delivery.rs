@@ -65,6 +65,24 @@ impl Delivery {
         }
     }
 
+    /// Acknowledges deliveries handled together (one transaction that
+    /// committed) in as few commands as the transport allows: on RabbitMQ one
+    /// `multiple` acknowledgement where that is safe, on Redis one `XACK`
+    /// per stream. On an error, those not acknowledged come again.
+    pub async fn ack_all(deliveries: Vec<Delivery>) -> Result<(), BrokerError> {
+        let mut rabbitmq = Vec::new();
+        let mut redis = Vec::new();
+        for delivery in deliveries {
+            match delivery.settler {
+                Settler::RabbitMq(settler) => rabbitmq.push(*settler),
+                Settler::Redis(settler) => redis.push(settler),
+            }
+        }
+        let rabbitmq = crate::rabbitmq::Settler::ack_together(rabbitmq).await;
+        let redis = crate::redis::Settler::ack_together(redis).await;
+        rabbitmq.and(redis)
+    }
+
     /// Deliver it again to this worker only, after `after` (rounded up to a
     /// retry tier). The retry is durably written before the original is
     /// removed.

@@ -12,7 +12,10 @@
 //!   message. Nothing counts as published until the broker confirmed it.
 //! - **Consuming** ([`Broker::consume`]): a [`Consumer`] yielding
 //!   [`Delivery`]s, each settled exactly once as [`Delivery::ack`],
-//!   [`Delivery::retry`] or [`Delivery::dead_letter`]. Settling writes any
+//!   [`Delivery::retry`] or [`Delivery::dead_letter`]; deliveries handled in
+//!   one transaction are acknowledged in one go by [`Delivery::ack_all`]
+//!   (RabbitMQ: one `multiple` ack where no other delivery is in the way,
+//!   Redis: one `XACK` per stream). Settling writes any
 //!   retry or dead letter durably *before* it removes the original, so a crash
 //!   in between gives a duplicate, never a loss. The consumer reconnects by
 //!   itself; deliveries of a lost connection come again.

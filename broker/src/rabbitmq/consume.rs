@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use fleet_messages::names;
 
+use super::acks::UnsettledTags;
 use super::settle::Settler;
 use super::{ConnectionConfig, connection, headers, topology};
 use crate::backoff::reconnect_policy;
@@ -52,6 +53,9 @@ struct Session {
     channel: Channel,
     consumer: lapin::Consumer,
     tag: String,
+    /// The channel's deliveries not settled yet: a new channel starts
+    /// with none (the old one's come again).
+    unsettled: Arc<UnsettledTags>,
 }
 
 impl Session {
@@ -83,6 +87,7 @@ impl Session {
             channel,
             consumer,
             tag,
+            unsettled: Arc::default(),
         })
     }
 
@@ -173,7 +178,7 @@ async fn forward(
                 while let Ok(Some(Ok(delivery))) =
                     tokio::time::timeout(CANCEL_DRAIN, session.consumer.next()).await
                 {
-                    if sender.send(convert(delivery, context, &session.channel)).await.is_err() {
+                    if sender.send(convert(delivery, context, session)).await.is_err() {
                         break;
                     }
                 }
@@ -181,7 +186,7 @@ async fn forward(
             }
             next = session.consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    if sender.send(convert(delivery, context, &session.channel)).await.is_err() {
+                    if sender.send(convert(delivery, context, session)).await.is_err() {
                         return Forwarding::Stopped;
                     }
                 }
@@ -195,7 +200,7 @@ async fn forward(
     }
 }
 
-fn convert(delivery: lapin::message::Delivery, context: &Context, channel: &Channel) -> Delivery {
+fn convert(delivery: lapin::message::Delivery, context: &Context, session: &Session) -> Delivery {
     let lapin::message::Delivery {
         delivery_tag,
         routing_key,
@@ -230,12 +235,15 @@ fn convert(delivery: lapin::message::Delivery, context: &Context, channel: &Chan
         position: format!("{}#{delivery_tag}", context.queue),
         replica: context.replica.clone(),
     };
+    session.unsettled.delivered(delivery_tag);
     Delivery {
         body: data,
         info,
         settler: AnySettler::RabbitMq(Box::new(Settler {
             acker,
-            channel: channel.clone(),
+            delivery_tag,
+            unsettled: session.unsettled.clone(),
+            channel: session.channel.clone(),
             retry_exchange: context.retry_exchange.clone(),
             retry_delays: context.retry_delays.clone(),
             properties,

@@ -26,7 +26,13 @@
 //! all its confirms are in, returns are matched to publishes by message id
 //! (`publish::group_outcomes`); dlq-tool's replays settle in such groups,
 //! and a consumer publishes its retries and dead letters one at a time.
+//!
+//! Deliveries handled in one transaction are acknowledged with one
+//! `multiple` ack when no other unsettled delivery of the channel lies
+//! below them (`acks`): each frame is work for the broker's channel and a
+//! settle command for the quorum queue.
 
+mod acks;
 mod connection;
 mod consume;
 mod dead_letter_ops;

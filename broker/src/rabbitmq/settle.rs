@@ -6,6 +6,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use lapin::{Acker, BasicProperties, Channel};
 
+use super::acks::UnsettledTags;
 use super::headers;
 use super::publish::group_outcomes;
 use super::topology::{DEAD_KEY, tier_key};
@@ -18,6 +19,9 @@ use crate::{BrokerError, DeliveryInfo, Failure, PublishOutcome};
 /// the queue's delivery limit and is dead-lettered by the broker).
 pub struct Settler {
     pub(crate) acker: Acker,
+    pub(crate) delivery_tag: u64,
+    /// The consuming channel's unsettled deliveries (see [`super::acks`]).
+    pub(crate) unsettled: Arc<UnsettledTags>,
     pub(crate) channel: Channel,
     pub(crate) retry_exchange: Arc<str>,
     pub(crate) retry_delays: Arc<[Duration]>,
@@ -41,8 +45,52 @@ impl Settler {
         self.acker
             .ack(BasicAckOptions::default())
             .await
-            .map(|_| ())
-            .map_err(|error| settle_error(&self.properties, format!("ack failed: {error}")))
+            .map_err(|error| settle_error(&self.properties, format!("ack failed: {error}")))?;
+        self.unsettled.settled(&[self.delivery_tag]);
+        Ok(())
+    }
+
+    /// Acknowledges deliveries whose transaction committed together: those
+    /// one `multiple` acknowledgement may cover with one frame (see
+    /// [`super::acks`]), the others one by one.
+    pub(crate) async fn ack_together(settlers: Vec<Self>) -> Result<(), BrokerError> {
+        let mut channels: Vec<Vec<Self>> = Vec::new();
+        for settler in settlers {
+            match channels
+                .iter_mut()
+                .find(|group| Arc::ptr_eq(&group[0].unsettled, &settler.unsettled))
+            {
+                Some(group) => group.push(settler),
+                None => channels.push(vec![settler]),
+            }
+        }
+        let mut result = Ok(());
+        for mut group in channels {
+            group.sort_by_key(|settler| settler.delivery_tag);
+            let tags: Vec<u64> = group.iter().map(|settler| settler.delivery_tag).collect();
+            let covered = group[0].unsettled.coverable(&tags);
+            let singles = group.split_off(covered);
+            if let Some(last) = group.last() {
+                match last.acker.ack(BasicAckOptions { multiple: true }).await {
+                    Ok(_) => last.unsettled.settled(&tags[..covered]),
+                    Err(error) => {
+                        result = Err(settle_error(
+                            &last.properties,
+                            format!("ack of {covered} deliveries failed: {error}"),
+                        ));
+                    }
+                }
+            }
+            for outcome in
+                futures_util::future::join_all(singles.into_iter().map(|settler| settler.ack()))
+                    .await
+            {
+                if let Err(error) = outcome {
+                    result = Err(error);
+                }
+            }
+        }
+        result
     }
 
     pub(crate) async fn retry(
@@ -107,13 +155,17 @@ impl Settler {
         if confirmed != PublishOutcome::Confirmed {
             // Put the original back rather than leave it unacknowledged on a
             // live channel, where it would sit until the channel closes.
-            let _ = self
+            if self
                 .acker
                 .nack(BasicNackOptions {
                     multiple: false,
                     requeue: true,
                 })
-                .await;
+                .await
+                .is_ok()
+            {
+                self.unsettled.settled(&[self.delivery_tag]);
+            }
             return Err(settle_error(
                 &self.properties,
                 format!(

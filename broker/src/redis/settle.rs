@@ -36,6 +36,45 @@ impl Settler {
         self.xack().await
     }
 
+    /// Entries whose transaction committed together: one `XACK` per stream
+    /// listing all of its entries, the streams pipelined in one round trip.
+    pub(crate) async fn ack_together(settlers: Vec<Self>) -> Result<(), BrokerError> {
+        let Some(first) = settlers.first() else {
+            return Ok(());
+        };
+        let mut streams: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+        for settler in &settlers {
+            let group = settler.worker.group.as_str();
+            match streams
+                .iter_mut()
+                .find(|(stream, other_group, _)| *stream == settler.stream && *other_group == group)
+            {
+                Some((_, _, entries)) => entries.push(&settler.entry_id),
+                None => streams.push((&settler.stream, group, vec![&settler.entry_id])),
+            }
+        }
+        let mut pipe = redis::pipe();
+        for (stream, group, entries) in &streams {
+            pipe.cmd("XACK").arg(stream).arg(group).arg(entries);
+        }
+        let operation = format!("XACK of {} entries", settlers.len());
+        let mut conn = first.worker.shared.connection(&operation).await?;
+        let acked: Vec<u64> = pipe
+            .query_async(&mut *conn)
+            .await
+            .map_err(|error| BrokerError::redis(&operation, error))?;
+        let acked: u64 = acked.iter().sum();
+        if acked < settlers.len() as u64 {
+            // As for one entry: reclaimed and settled elsewhere, or lost.
+            tracing::debug!(
+                acked,
+                entries = settlers.len(),
+                "some acknowledged entries were no longer pending"
+            );
+        }
+        Ok(())
+    }
+
     /// Schedules the event for this worker only (its own sorted set and
     /// retry stream; other workers' groups never see it), due after `after`
     /// rounded up to a retry tier; then `XACK`s the original.

@@ -22,6 +22,8 @@ on_both_transports!(
     poison_is_dead_lettered_at_once,
     peeking_dead_letters_neither_removes_nor_reorders,
     a_dropped_consumers_unacked_deliveries_go_to_a_peer,
+    acknowledging_together_removes_exactly_those_deliveries,
+    concurrent_batches_acknowledged_together_leave_only_the_unsettled,
     a_server_side_disconnect_loses_nothing,
     a_publish_to_an_unreachable_broker_fails_fast,
 );
@@ -420,6 +422,136 @@ async fn a_dropped_consumers_unacked_deliveries_go_to_a_peer(transport: &'static
         delivery.ack().await.unwrap();
     }
     assert_eq!(ids, sent.iter().map(|m| m.id.clone()).collect());
+    peer.shutdown().await;
+}
+
+/// `Delivery::ack_all` settles a batch in as few commands as it can (on
+/// RabbitMQ one `multiple` ack); it must never settle a delivery outside
+/// the batch, even one with a lower tag that is still being handled.
+async fn acknowledging_together_removes_exactly_those_deliveries(transport: &'static str) {
+    let fixture = Fixture::new(transport).await;
+    let worker = topology("alpha-worker", &["order.placed"]);
+    let (broker, mut consumer) = fixture.consumer("t1", &worker).await;
+    let sent: Vec<_> = (0..10).map(|n| message("order.placed", n)).collect();
+    publish(&broker, &sent).await;
+    let mut taken: Vec<Option<Delivery>> = Vec::new();
+    for _ in 0..sent.len() {
+        taken.push(Some(next(&mut consumer).await));
+    }
+    let ids: Vec<String> = taken.iter().flatten().map(id_of).collect();
+    let mut together = |positions: &[usize]| -> Vec<Delivery> {
+        positions
+            .iter()
+            .map(|&n| taken[n].take().unwrap())
+            .collect()
+    };
+    // The oldest two: one frame may cover them.
+    Delivery::ack_all(together(&[0, 1])).await.unwrap();
+    // Behind the unsettled third, and around the sixth: they may not.
+    Delivery::ack_all(together(&[3, 4])).await.unwrap();
+    Delivery::ack_all(together(&[6, 7, 8])).await.unwrap();
+    let unsettled: BTreeSet<String> = [2, 5, 9].iter().map(|&n| ids[n].clone()).collect();
+    // The replica dies holding 2, 5 and 9.
+    drop(taken);
+    consumer.shutdown().await;
+
+    let (_b, mut peer) = fixture.consumer("t2", &worker).await;
+    let mut again = BTreeSet::new();
+    while again.len() < unsettled.len() {
+        let delivery = next(&mut peer).await;
+        again.insert(id_of(&delivery));
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(
+        again, unsettled,
+        "exactly the unsettled deliveries come again"
+    );
+    assert_quiet(&mut peer, Duration::from_millis(1500)).await;
+    peer.shutdown().await;
+}
+
+/// Batches handled concurrently and acknowledged together, in whatever
+/// order they finish, while some deliveries stay unsettled: every
+/// acknowledged one is gone, every unsettled one comes again, and the
+/// channel never breaks (a double acknowledgement would close it).
+async fn concurrent_batches_acknowledged_together_leave_only_the_unsettled(
+    transport: &'static str,
+) {
+    let fixture = Fixture::new(transport).await;
+    let settings = fixture.ctx.settings(
+        "broker-test",
+        &[
+            ("FLEET__TRANSPORT", transport),
+            // Long: this replica must not reclaim what it keeps unsettled
+            // (the peer below, with the fixture's 1 s, does).
+            ("FLEET__REDIS__VISIBILITY_TIMEOUT_MS", "60000"),
+            ("FLEET__REDIS__BLOCK_MS", "200"),
+            ("FLEET__WORKER__PREFETCH", "40"),
+        ],
+    );
+    let worker = topology("alpha-worker", &["order.placed"]);
+    let broker = Broker::connect(&settings, "c1").await.unwrap();
+    broker.declare_events().await.unwrap();
+    let mut consumer = broker.consume(&worker).await.unwrap();
+    let sent: Vec<_> = (0..600).map(|n| message("order.placed", n)).collect();
+    publish(&broker, &sent).await;
+
+    let mut batches = tokio::task::JoinSet::new();
+    let mut kept = Vec::new();
+    let mut seen = 0;
+    while seen < sent.len() {
+        let mut batch = vec![next(&mut consumer).await];
+        while batch.len() < 8 {
+            match consumer.try_next() {
+                Some(delivery) => batch.push(delivery),
+                None => break,
+            }
+        }
+        // Every 60th delivery stays unsettled to the end.
+        let mut ack = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            if seen % 60 == 7 {
+                kept.push(delivery);
+            } else {
+                ack.push(delivery);
+            }
+            seen += 1;
+        }
+        batches.spawn(async move {
+            // Finish in any order.
+            let pause = Duration::from_micros(u64::from(rand::random::<u16>() % 3000));
+            tokio::time::sleep(pause).await;
+            let ids: Vec<String> = ack.iter().map(id_of).collect();
+            Delivery::ack_all(ack).await.unwrap();
+            ids
+        });
+    }
+    let mut acknowledged = BTreeSet::new();
+    while let Some(ids) = batches.join_next().await {
+        acknowledged.extend(ids.unwrap());
+    }
+    let unsettled: BTreeSet<String> = kept.iter().map(id_of).collect();
+    assert_eq!(
+        unsettled.len(),
+        10,
+        "every 60th delivery was kept unsettled"
+    );
+    assert_eq!(acknowledged.len() + unsettled.len(), sent.len());
+    drop(kept);
+    consumer.shutdown().await;
+
+    let (_b, mut peer) = fixture.consumer("c2", &worker).await;
+    let mut again = BTreeSet::new();
+    while again.len() < unsettled.len() {
+        let delivery = next(&mut peer).await;
+        again.insert(id_of(&delivery));
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(
+        again, unsettled,
+        "exactly the unsettled deliveries come again"
+    );
+    assert_quiet(&mut peer, Duration::from_millis(1500)).await;
     peer.shutdown().await;
 }
 
