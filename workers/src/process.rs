@@ -73,13 +73,18 @@ impl<H: Handler> Processor<H> {
         let worker = H::WORKER.name();
         match self.handle_together(&envelopes).await {
             Ok(handled) => {
-                let acks = ready.into_iter().zip(handled).map(|((delivery, envelope), handled)| async move {
-                    let event_type = envelope.event_type();
-                    acknowledge::<H>(delivery, event_type, handled).await;
+                let mut deliveries = Vec::with_capacity(ready.len());
+                let mut counted = Vec::with_capacity(ready.len());
+                for ((delivery, envelope), handled) in ready.into_iter().zip(handled) {
+                    deliveries.push(delivery);
+                    counted.push((envelope.event_type(), handled));
+                }
+                settle(Delivery::ack_all(deliveries).await);
+                for (event_type, handled) in counted {
+                    count_handled::<H>(event_type, handled);
                     ::metrics::histogram!(HANDLER_SECONDS, "worker" => worker, "type" => event_type.as_str())
                         .record(started.elapsed().as_secs_f64());
-                });
-                futures_util::future::join_all(acks).await;
+                }
             }
             Err(error) => {
                 debug!(worker, %error, events = ready.len(), "batch failed; handling its events one at a time");
@@ -124,7 +129,10 @@ impl<H: Handler> Processor<H> {
         let span = event_span::<H>(&envelope, attempt);
         async move {
             match self.handle(&envelope).await {
-                Ok(handled) => acknowledge::<H>(delivery, event_type, handled).await,
+                Ok(handled) => {
+                    settle(delivery.ack().await);
+                    count_handled::<H>(event_type, handled);
+                }
                 Err(HandlerError::Permanent { kind, reason }) => {
                     warn!(kind, %reason, "event dead-lettered");
                     dead_letter(delivery, kind, &reason).await;
@@ -231,9 +239,8 @@ impl<H: Handler> Processor<H> {
     }
 }
 
-/// Acknowledges a delivery whose transaction committed, and counts it.
-async fn acknowledge<H: Handler>(delivery: Delivery, event_type: EventType, handled: Handled) {
-    settle(delivery.ack().await);
+/// Counts a delivery whose transaction committed (and that was acknowledged).
+fn count_handled<H: Handler>(event_type: EventType, handled: Handled) {
     let worker = H::WORKER.name();
     match handled {
         Handled::Done => {

@@ -62,6 +62,8 @@ const GRACE: Duration = Duration::from_secs(1);
 const DRAIN: Duration = Duration::from_secs(5);
 /// Progress lines in the log while waiting.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// At most this many fetched deliveries are acknowledged together.
+const ACK_TOGETHER: usize = 64;
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -294,7 +296,18 @@ async fn watch(
                 published = Some(report);
             }
             delivery = consumer.next() => match delivery {
-                Some(delivery) => observe(delivery, tracker, acks, max_bytes),
+                Some(first) => {
+                    // And whatever else is already fetched: one
+                    // acknowledgement for all of them.
+                    let mut fetched = vec![first];
+                    while fetched.len() < ACK_TOGETHER {
+                        match consumer.try_next() {
+                            Some(delivery) => fetched.push(delivery),
+                            None => break,
+                        }
+                    }
+                    observe(fetched, tracker, acks, max_bytes);
+                }
                 None if published.is_some() => {
                     warn!("the consumer stopped by itself");
                     break Ending::ConsumerClosed;
@@ -336,27 +349,34 @@ async fn watch(
     }
 }
 
-/// Records one delivery if it is about this run's orders, and starts its
-/// acknowledgement (whatever it is) in `acks`.
-fn observe(delivery: Delivery, tracker: &mut Tracker, acks: &mut JoinSet<()>, max_bytes: usize) {
+/// Records deliveries that are about this run's orders, and starts their
+/// acknowledgement (whatever they are) in `acks`.
+fn observe(
+    deliveries: Vec<Delivery>,
+    tracker: &mut Tracker,
+    acks: &mut JoinSet<()>,
+    max_bytes: usize,
+) {
     let at = Instant::now();
-    match Envelope::decode(delivery.body(), max_bytes) {
-        Ok(envelope) => {
-            if let Some(observation) = Observation::from_envelope(&envelope, at)
-                && tracker.record(observation) == Recorded::Duplicate
-            {
-                debug!(event_id = %envelope.id, "redelivered event ignored");
+    for delivery in &deliveries {
+        match Envelope::decode(delivery.body(), max_bytes) {
+            Ok(envelope) => {
+                if let Some(observation) = Observation::from_envelope(&envelope, at)
+                    && tracker.record(observation) == Recorded::Duplicate
+                {
+                    debug!(event_id = %envelope.id, "redelivered event ignored");
+                }
             }
+            Err(error) => warn!(
+                error_kind = error.kind(),
+                %error,
+                position = %delivery.info().position,
+                "undecodable event ignored"
+            ),
         }
-        Err(error) => warn!(
-            error_kind = error.kind(),
-            %error,
-            position = %delivery.info().position,
-            "undecodable event ignored"
-        ),
     }
     acks.spawn(async move {
-        if let Err(error) = delivery.ack().await {
+        if let Err(error) = Delivery::ack_all(deliveries).await {
             warn!(%error, "acknowledging failed; the event may come again (it is deduplicated)");
         }
     });
@@ -374,7 +394,7 @@ async fn stop(
     consumer.stop();
     let until = tokio::time::Instant::now() + DRAIN;
     while let Ok(Some(delivery)) = tokio::time::timeout_at(until, consumer.next()).await {
-        observe(delivery, tracker, acks, max_bytes);
+        observe(vec![delivery], tracker, acks, max_bytes);
     }
     while acks.join_next().await.is_some() {}
     consumer.shutdown().await;
