@@ -35,8 +35,10 @@
 //! - consume: the queue or stream is filled by the raw publisher, then
 //!   drained by a raw consumer (lapin consume + ack of each; `XREADGROUP
 //!   COUNT --batch` + one `XACK` of what it read), by `Broker::consume` +
-//!   `Delivery::ack` one delivery after the other, and by the same with 16
-//!   acks in flight (the default `worker.concurrency`), in rotating order.
+//!   `Delivery::ack` one delivery after the other, by the same with 16
+//!   acks in flight (the default `worker.concurrency`), and by
+//!   `Delivery::ack_all` of whatever was fetched (up to 32, the default
+//!   `worker.max_batch`; 16 of those in flight), in rotating order.
 //!
 //! Each figure is the best of its samples (the median is shown too); a short
 //! unreported warm-up of every path goes first. Each transport runs in a
@@ -87,6 +89,8 @@ const WARM_UP_MESSAGES: usize = 2000;
 /// Acks in flight in the concurrent consume measurement: the default
 /// `worker.concurrency`.
 const ACKS_IN_FLIGHT: usize = 16;
+/// Deliveries acknowledged together at most: the default `worker.max_batch`.
+const ACK_TOGETHER: usize = 32;
 /// Raw/broker publish pairs per round. A publish is short (a tenth of a
 /// second on Redis, two seconds on RabbitMQ), so a scheduling hiccup on a
 /// busy machine moves one sample a lot: publishes get more samples than
@@ -422,6 +426,11 @@ async fn rabbitmq_bench(ctx: Run<'_>) -> Result<TransportResult> {
                 "broker_consume_ack_concurrent",
                 "raw_consume_ack",
             ),
+            (
+                "consume_ack_all",
+                "broker_consume_ack_all",
+                "raw_consume_ack",
+            ),
         ],
     })
 }
@@ -481,13 +490,18 @@ async fn rabbitmq_measure(
         format!("  the same, {ACKS_IN_FLIGHT} acks in flight"),
         n,
     );
+    let mut broker_consume_together = Measurement::new(
+        "broker_consume_ack_all",
+        format!("  Delivery::ack_all of up to {ACK_TOGETHER}, {ACKS_IN_FLIGHT} in flight"),
+        n,
+    );
 
     let warm = &messages[..options.warm_up()];
     eprintln!("  warm-up ({} messages per path)", warm.len());
     amqp_publish_window(&publisher, &exchange, warm, batch).await?;
     amqp_consume(&ctx.namespace, settings, &queue, warm.len(), prefetch).await?;
     broker_publish_all(broker, warm, batch).await?;
-    broker_consume_all(broker, topology, warm.len(), 1).await?;
+    broker_consume_all(broker, topology, warm.len(), 1, 1).await?;
     amqp_expect_empty(connection, &queue).await?;
 
     for sample in 0..options.rounds * PUBLISH_SAMPLES {
@@ -517,10 +531,13 @@ async fn rabbitmq_measure(
                 Path::Raw => raw_consume
                     .record(amqp_consume(&ctx.namespace, settings, &queue, n, prefetch).await?),
                 Path::Broker => {
-                    broker_consume.record(broker_consume_all(broker, topology, n, 1).await?)
+                    broker_consume.record(broker_consume_all(broker, topology, n, 1, 1).await?)
                 }
                 Path::BrokerConcurrent => broker_consume_concurrent
-                    .record(broker_consume_all(broker, topology, n, ACKS_IN_FLIGHT).await?),
+                    .record(broker_consume_all(broker, topology, n, ACKS_IN_FLIGHT, 1).await?),
+                Path::BrokerTogether => broker_consume_together.record(
+                    broker_consume_all(broker, topology, n, ACKS_IN_FLIGHT, ACK_TOGETHER).await?,
+                ),
             }
             amqp_expect_empty(connection, &queue).await?;
         }
@@ -540,6 +557,7 @@ async fn rabbitmq_measure(
         raw_consume,
         broker_consume,
         broker_consume_concurrent,
+        broker_consume_together,
     ])
 }
 
@@ -555,11 +573,17 @@ enum Path {
     Raw,
     Broker,
     BrokerConcurrent,
+    BrokerTogether,
 }
 
-fn rotate(round: usize) -> [Path; 3] {
-    let mut paths = [Path::Raw, Path::Broker, Path::BrokerConcurrent];
-    paths.rotate_left(round % 3);
+fn rotate(round: usize) -> [Path; 4] {
+    let mut paths = [
+        Path::Raw,
+        Path::Broker,
+        Path::BrokerConcurrent,
+        Path::BrokerTogether,
+    ];
+    paths.rotate_left(round % 4);
     paths
 }
 
@@ -776,31 +800,53 @@ async fn broker_publish_all(
 /// handler with concurrency 1 does, or up to `in_flight` at once as a worker
 /// with that concurrency does. Returns the time from the consumer's start to
 /// the last ack.
+/// Drains `count` deliveries, acknowledging `together` at a time at most
+/// (1: `Delivery::ack`, more: `Delivery::ack_all` of what was fetched),
+/// with `in_flight` acknowledgements under way at once.
 async fn broker_consume_all(
     broker: &Broker,
     topology: &WorkerTopology,
     count: usize,
     in_flight: usize,
+    together: usize,
 ) -> Result<Duration> {
     let mut consumer = broker.consume(topology).await?;
     let started = Instant::now();
     let drained = async {
         let mut acks = JoinSet::new();
-        for received in 0..count {
+        let mut received = 0;
+        while received < count {
             let delivery = tokio::time::timeout(DELIVERY_WAIT, consumer.next())
                 .await
                 .map_err(|_| anyhow!("no delivery after {received} of {count}"))?
                 .ok_or_else(|| anyhow!("consumer ended after {received} of {count}"))?;
+            received += 1;
             if in_flight <= 1 {
                 delivery.ack().await?;
                 continue;
+            }
+            let mut fetched = vec![delivery];
+            while fetched.len() < together && received < count {
+                match consumer.try_next() {
+                    Some(delivery) => {
+                        fetched.push(delivery);
+                        received += 1;
+                    }
+                    None => break,
+                }
             }
             while acks.len() >= in_flight {
                 if let Some(acked) = acks.join_next().await {
                     acked??;
                 }
             }
-            acks.spawn(delivery.ack());
+            if together <= 1 {
+                for delivery in fetched {
+                    acks.spawn(delivery.ack());
+                }
+            } else {
+                acks.spawn(fleet_broker::Delivery::ack_all(fetched));
+            }
         }
         while let Some(acked) = acks.join_next().await {
             acked??;
@@ -840,6 +886,11 @@ async fn redis_bench(ctx: Run<'_>) -> Result<TransportResult> {
             (
                 "consume_concurrent",
                 "broker_consume_ack_concurrent",
+                "raw_consume_ack",
+            ),
+            (
+                "consume_ack_all",
+                "broker_consume_ack_all",
                 "raw_consume_ack",
             ),
         ],
@@ -887,6 +938,11 @@ async fn redis_measure(
         format!("  the same, {ACKS_IN_FLIGHT} acks in flight"),
         n,
     );
+    let mut broker_consume_together = Measurement::new(
+        "broker_consume_ack_all",
+        format!("  Delivery::ack_all of up to {ACK_TOGETHER}, {ACKS_IN_FLIGHT} in flight"),
+        n,
+    );
 
     let warm = &messages[..options.warm_up()];
     eprintln!("  warm-up ({} messages per path)", warm.len());
@@ -894,7 +950,7 @@ async fn redis_measure(
     redis_consume(connection, &stream, &group, warm.len(), batch).await?;
     redis_reset(connection, &stream, &group).await?;
     broker_publish_all(broker, warm, batch).await?;
-    broker_consume_all(broker, topology, warm.len(), 1).await?;
+    broker_consume_all(broker, topology, warm.len(), 1, 1).await?;
     redis_reset(connection, &stream, &group).await?;
 
     for sample in 0..options.rounds * PUBLISH_SAMPLES {
@@ -926,10 +982,13 @@ async fn redis_measure(
                     raw_consume.record(redis_consume(connection, &stream, &group, n, batch).await?)
                 }
                 Path::Broker => {
-                    broker_consume.record(broker_consume_all(broker, topology, n, 1).await?)
+                    broker_consume.record(broker_consume_all(broker, topology, n, 1, 1).await?)
                 }
                 Path::BrokerConcurrent => broker_consume_concurrent
-                    .record(broker_consume_all(broker, topology, n, ACKS_IN_FLIGHT).await?),
+                    .record(broker_consume_all(broker, topology, n, ACKS_IN_FLIGHT, 1).await?),
+                Path::BrokerTogether => broker_consume_together.record(
+                    broker_consume_all(broker, topology, n, ACKS_IN_FLIGHT, ACK_TOGETHER).await?,
+                ),
             }
             redis_reset(connection, &stream, &group).await?;
         }
@@ -940,6 +999,7 @@ async fn redis_measure(
         raw_consume,
         broker_consume,
         broker_consume_concurrent,
+        broker_consume_together,
     ])
 }
 
