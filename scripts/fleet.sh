@@ -7,13 +7,14 @@
 #   scripts/fleet.sh --transport redis --replicas 3 --orders 5000 --rate 500
 #   scripts/fleet.sh --keep-running           # leave the fleet up after the demo (Ctrl-C stops it)
 #   scripts/fleet.sh --fresh --orders 20000   # benchmark: start from an empty database and broker namespace
+#   scripts/fleet.sh --bin-dir /tmp/build-a   # run binaries built elsewhere (A/B comparisons), build nothing
 #
 # Logs go to target/fleet-logs/<worker>-<n>.log. The exit code is loadgen's:
 # 0 when every order ended exactly once as the contract predicts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-transport=rabbitmq replicas=2 orders=2000 rate=0 keep=false fresh=false namespace=${FLEET__NAMESPACE:-fleet}
+transport=rabbitmq replicas=2 orders=2000 rate=0 keep=false fresh=false bin_dir= namespace=${FLEET__NAMESPACE:-fleet}
 while [ $# -gt 0 ]; do
   case "$1" in
     --transport) transport=$2; shift 2 ;;
@@ -23,7 +24,8 @@ while [ $# -gt 0 ]; do
     --namespace) namespace=$2; shift 2 ;;
     --keep-running) keep=true; shift ;;
     --fresh) fresh=true; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --bin-dir) bin_dir=$2; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -31,8 +33,14 @@ done
 # shellcheck source=services.sh
 source scripts/services.sh >/dev/null
 target=${CARGO_TARGET_DIR:-target}
-log "building the workers (release)"
-cargo build --release --quiet -p fleet-workers --bins
+if [ -z "$bin_dir" ]; then
+  log "building the workers (release)"
+  cargo build --release --quiet -p fleet-workers --bins
+  bin_dir=$target/release
+fi
+for binary in order-worker inventory-worker payment-worker notification-worker loadgen; do
+  [ -x "$bin_dir/$binary" ] || { echo "$bin_dir/$binary: no such executable" >&2; exit 2; }
+done
 
 if $fresh; then
   # Every run otherwise finds the tables, queues and streams of the runs
@@ -76,7 +84,7 @@ trap 'exit 130' INT TERM
 log "starting $replicas replicas of each worker on $transport, namespace $namespace"
 for worker in order-worker inventory-worker payment-worker notification-worker; do
   for n in $(seq "$replicas"); do
-    "$target/release/$worker" >"$logs/$worker-$n.log" 2>&1 &
+    "$bin_dir/$worker" >"$logs/$worker-$n.log" 2>&1 &
     pids+=($!)
   done
 done
@@ -93,7 +101,7 @@ echo "  ... (every replica logs its own port; RabbitMQ UI: http://127.0.0.1:1567
 
 log "loadgen: $orders orders${rate:+ at $rate/s}"
 status=0
-"$target/release/loadgen" --orders "$orders" --rate "$rate" --json | tee "$logs/summary.json" || status=$?
+"$bin_dir/loadgen" --orders "$orders" --rate "$rate" --json | tee "$logs/summary.json" || status=$?
 
 if $keep; then
   log "the fleet keeps running; Ctrl-C stops it"
