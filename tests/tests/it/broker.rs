@@ -455,19 +455,7 @@ async fn acknowledging_together_removes_exactly_those_deliveries(transport: &'st
     drop(taken);
     consumer.shutdown().await;
 
-    let (_b, mut peer) = fixture.consumer("t2", &worker).await;
-    let mut again = BTreeSet::new();
-    while again.len() < unsettled.len() {
-        let delivery = next(&mut peer).await;
-        again.insert(id_of(&delivery));
-        delivery.ack().await.unwrap();
-    }
-    assert_eq!(
-        again, unsettled,
-        "exactly the unsettled deliveries come again"
-    );
-    assert_quiet(&mut peer, Duration::from_millis(1500)).await;
-    peer.shutdown().await;
+    expect_exactly_again(&fixture, &worker, "t2", &unsettled).await;
 }
 
 /// Batches handled concurrently and acknowledged together, in whatever
@@ -540,7 +528,18 @@ async fn concurrent_batches_acknowledged_together_leave_only_the_unsettled(
     drop(kept);
     consumer.shutdown().await;
 
-    let (_b, mut peer) = fixture.consumer("c2", &worker).await;
+    expect_exactly_again(&fixture, &worker, "c2", &unsettled).await;
+}
+
+/// A peer replica receives exactly `unsettled` (a dead replica's
+/// deliveries), and nothing more.
+async fn expect_exactly_again(
+    fixture: &Fixture,
+    worker: &WorkerTopology,
+    peer_name: &str,
+    unsettled: &BTreeSet<String>,
+) {
+    let (_b, mut peer) = fixture.consumer(peer_name, worker).await;
     let mut again = BTreeSet::new();
     while again.len() < unsettled.len() {
         let delivery = next(&mut peer).await;
@@ -548,7 +547,7 @@ async fn concurrent_batches_acknowledged_together_leave_only_the_unsettled(
         delivery.ack().await.unwrap();
     }
     assert_eq!(
-        again, unsettled,
+        &again, unsettled,
         "exactly the unsettled deliveries come again"
     );
     assert_quiet(&mut peer, Duration::from_millis(1500)).await;
