@@ -79,7 +79,7 @@ impl Delivery {
             }
         }
         let rabbitmq = crate::rabbitmq::Settler::ack_together(rabbitmq).await;
-        let redis = crate::redis::Settler::ack_together(redis).await;
+        let redis = crate::redis::Settler::ack_together(&redis).await;
         rabbitmq.and(redis)
     }
 

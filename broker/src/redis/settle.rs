@@ -38,12 +38,12 @@ impl Settler {
 
     /// Entries whose transaction committed together: one `XACK` per stream
     /// listing all of its entries, the streams pipelined in one round trip.
-    pub(crate) async fn ack_together(settlers: Vec<Self>) -> Result<(), BrokerError> {
+    pub(crate) async fn ack_together(settlers: &[Self]) -> Result<(), BrokerError> {
         let Some(first) = settlers.first() else {
             return Ok(());
         };
         let mut streams: Vec<(&str, &str, Vec<&str>)> = Vec::new();
-        for settler in &settlers {
+        for settler in settlers {
             let group = settler.worker.group.as_str();
             match streams
                 .iter_mut()
@@ -57,7 +57,10 @@ impl Settler {
         for (stream, group, entries) in &streams {
             pipe.cmd("XACK").arg(stream).arg(group).arg(entries);
         }
-        let operation = format!("XACK of {} entries", settlers.len());
+        let operation = match settlers {
+            [one] => format!("XACK {} {}", one.stream, one.entry_id),
+            _ => format!("XACK of {} entries", settlers.len()),
+        };
         let mut conn = first.worker.shared.connection(&operation).await?;
         let acked: Vec<u64> = pipe
             .query_async(&mut *conn)
@@ -65,10 +68,12 @@ impl Settler {
             .map_err(|error| BrokerError::redis(&operation, error))?;
         let acked: u64 = acked.iter().sum();
         if acked < settlers.len() as u64 {
-            // As for one entry: reclaimed and settled elsewhere, or lost.
+            // Not pending any more: another replica reclaimed them after the
+            // visibility timeout and settled them first, or Redis lost them
+            // in a restart. Either way there is nothing left to remove.
             tracing::debug!(
+                operation,
                 acked,
-                entries = settlers.len(),
                 "some acknowledged entries were no longer pending"
             );
         }
@@ -156,25 +161,6 @@ impl Settler {
     }
 
     async fn xack(&self) -> Result<(), BrokerError> {
-        let operation = format!("XACK {} {}", self.stream, self.entry_id);
-        let mut conn = self.worker.shared.connection(&operation).await?;
-        let acked: u64 = redis::cmd("XACK")
-            .arg(&self.stream)
-            .arg(&self.worker.group)
-            .arg(&self.entry_id)
-            .query_async(&mut *conn)
-            .await
-            .map_err(|error| BrokerError::redis(&operation, error))?;
-        if acked == 0 {
-            // Not pending any more: another replica reclaimed it after the
-            // visibility timeout and settled it first, or Redis lost it in a
-            // restart. Either way there is nothing left to remove.
-            tracing::debug!(
-                stream = %self.stream,
-                entry = %self.entry_id,
-                "acknowledged entry was no longer pending"
-            );
-        }
-        Ok(())
+        Self::ack_together(std::slice::from_ref(self)).await
     }
 }
