@@ -182,6 +182,9 @@ impl RetrySettings {
 pub struct OutboxSettings {
     pub batch_size: u32,
     pub poll_interval_ms: u64,
+    /// How long rows handed to the writer's own relay are held from other
+    /// relays' claims; 0: no handoff.
+    pub handoff_lease_ms: u64,
     pub max_publish_attempts: u32,
     /// Fractions allowed (0.05 = 3 minutes), for soak runs.
     pub retention_hours: f64,
@@ -192,6 +195,10 @@ pub struct OutboxSettings {
 impl OutboxSettings {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
+    }
+
+    pub fn handoff_lease(&self) -> Duration {
+        Duration::from_millis(self.handoff_lease_ms)
     }
 
     pub fn retention(&self) -> Duration {

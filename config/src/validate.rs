@@ -112,6 +112,19 @@ pub(crate) fn settings(settings: &Settings) -> Result<(), ConfigError> {
         10,
         600_000,
     )?;
+    let lease = settings.outbox.handoff_lease_ms;
+    if lease != 0 && lease <= settings.amqp.confirm_timeout_ms {
+        return invalid(
+            "outbox.handoff_lease_ms",
+            lease,
+            format!(
+                "must be 0 (off) or longer than amqp.confirm_timeout_ms ({}): a row whose \
+                 confirm is still awaited would be published again by another relay",
+                settings.amqp.confirm_timeout_ms
+            ),
+        );
+    }
+    within("outbox.handoff_lease_ms", lease, 0, 3_600_000)?;
     within(
         "outbox.max_publish_attempts",
         settings.outbox.max_publish_attempts.into(),

@@ -128,6 +128,12 @@ fn out_of_range_values_name_the_key_and_value() {
             "outbox.retention_hours",
         ),
         ("AMQP_URL", "http://rabbit", "amqp.url"),
+        // Not longer than the confirm timeout (10 s by default).
+        (
+            "FLEET__OUTBOX__HANDOFF_LEASE_MS",
+            "5000",
+            "outbox.handoff_lease_ms",
+        ),
         (
             "FLEET__LIMITS__MAX_EVENT_BYTES",
             "10",
@@ -181,4 +187,16 @@ fn retention_may_be_a_fraction_of_an_hour() {
         settings.inbox.dedup_retention(),
         std::time::Duration::from_secs(360)
     );
+}
+
+#[test]
+fn the_handoff_lease_may_be_turned_off() {
+    let off = load(
+        "order-worker",
+        &Environment::default().with("FLEET__OUTBOX__HANDOFF_LEASE_MS", "0"),
+    )
+    .unwrap();
+    assert_eq!(off.outbox.handoff_lease(), std::time::Duration::ZERO);
+    let default = load("order-worker", &Environment::default()).unwrap();
+    assert!(default.outbox.handoff_lease() > default.amqp.confirm_timeout());
 }
