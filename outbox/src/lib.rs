@@ -8,6 +8,9 @@
 //!   commits. It wakes a sleeping relay with a coalesced `NOTIFY`;
 //!   [`enqueue_for_local_relay`] skips that for a writer that rings its own
 //!   process's relay ([`RelayWakeup`]) after committing, as the workers do.
+//! - [`RelayWriter`]: how a replica's own writers enqueue: rows leased to
+//!   its relay and handed over after the commit, published without a claim
+//!   (the relay's `handoff` module says why this is safe).
 //! - [`Relay`]: run by every replica. Claims unpublished rows with
 //!   `FOR UPDATE SKIP LOCKED` (so relays share the table without publishing a
 //!   row twice at once), publishes them with pipelined confirms, and marks
@@ -31,6 +34,6 @@ pub mod schema;
 
 pub use enqueue::{enqueue, enqueue_for_local_relay};
 pub use inbox::{Claim, claim, claim_all};
-pub use relay::{Relay, RelayError, RelayOptions, RelayStatus, RelayWakeup};
+pub use relay::{Outgoing, Relay, RelayError, RelayOptions, RelayStatus, RelayWakeup, RelayWriter};
 pub use retention::{Retention, RetentionOptions, Swept};
 pub use schema::{Schema, connect, migrate, migration};

@@ -33,7 +33,7 @@ use crate::metrics::{OUTBOX_PUBLISHED, OUTBOX_REFUSED};
 /// A lane's connection, opened on first use and dropped after an error.
 #[derive(Debug, Default)]
 pub(super) struct Lane {
-    connection: Mutex<Option<PgConnection>>,
+    pub(super) connection: Mutex<Option<PgConnection>>,
 }
 
 /// How long a lane keeps going.
@@ -47,9 +47,9 @@ pub(super) enum Pass {
 }
 
 /// One claimed row, ready to publish.
-struct Claimed {
-    id: i64,
-    attempts: i32,
+pub(super) struct Claimed {
+    pub(super) id: i64,
+    pub(super) attempts: i32,
 }
 
 /// How long a rollback after a failed cycle may take before the connection
@@ -96,7 +96,7 @@ impl Relay {
         result
     }
 
-    async fn connect_lane(&self) -> Result<PgConnection, sqlx::Error> {
+    pub(super) async fn connect_lane(&self) -> Result<PgConnection, sqlx::Error> {
         let mut connection = PgConnection::connect_with(&self.connect_options).await?;
         // No bitmap scans for the claim: with statistics that (rightly) see
         // almost no pending rows, the planner picks one, and a bitmap scan
@@ -220,7 +220,7 @@ impl Relay {
     /// Counts a refusal on refused rows (parking those out of attempts) in
     /// the open transaction; returns the ids of the confirmed rows.
     /// Unconfirmed rows are left as they were.
-    async fn record_refusals(
+    pub(super) async fn record_refusals(
         &self,
         connection: &mut PgConnection,
         claimed: &[Claimed],

@@ -1,8 +1,13 @@
 //! The relay: publishes committed outbox rows and marks them published.
 //!
-//! [`Relay::run`] sleeps on `LISTEN` (with a poll as fallback) and drains
-//! the outbox through up to three [`lane`]s when woken.
+//! Rows reach it two ways. Its own replica's writers hand theirs over in
+//! memory after the commit ([`handoff`]): published at once, no claim. Every
+//! other row (another process's writers, a handoff that was full or off, a
+//! dead replica's rows whose lease ran out, a broker refusal's retry) is
+//! claimed: [`Relay::run`] sleeps on `LISTEN` (with a poll as fallback) and
+//! drains the outbox through up to three [`lane`]s when woken.
 
+mod handoff;
 mod lane;
 
 use std::sync::Arc;
@@ -20,6 +25,8 @@ use fleet_broker::Broker;
 
 use crate::Schema;
 use crate::metrics::{OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PARKED};
+use handoff::Handoff;
+pub use handoff::{Outgoing, RelayWriter};
 use lane::{Lane, Pass};
 
 /// How a relay behaves; see `[outbox]` in `config/default.toml`.
@@ -28,6 +35,9 @@ pub struct RelayOptions {
     pub batch_size: u32,
     pub poll_interval: Duration,
     pub max_publish_attempts: u32,
+    /// How long rows handed over by this replica's writers are held from
+    /// other relays' claims; zero turns the handoff off.
+    pub handoff_lease: Duration,
 }
 
 impl From<&fleet_config::OutboxSettings> for RelayOptions {
@@ -36,6 +46,7 @@ impl From<&fleet_config::OutboxSettings> for RelayOptions {
             batch_size: settings.batch_size,
             poll_interval: settings.poll_interval(),
             max_publish_attempts: settings.max_publish_attempts,
+            handoff_lease: settings.handoff_lease(),
         }
     }
 }
@@ -69,7 +80,8 @@ impl RelayStatus {
 /// rows through `FOR UPDATE SKIP LOCKED`.
 ///
 /// Besides the pool it is given (for its backlog reads), a relay holds
-/// three connections of its own: the `LISTEN` connection and one per lane.
+/// connections of its own: the `LISTEN` connection, one per lane, and one
+/// that marks handed-over rows.
 #[derive(Debug)]
 pub struct Relay {
     pool: PgPool,
@@ -77,6 +89,9 @@ pub struct Relay {
     /// connections.
     connect_options: PgConnectOptions,
     lanes: [Lane; LANES],
+    /// Settles handed-over rows: a lane that never claims.
+    marker: Lane,
+    handoff: Handoff,
     broker: Broker,
     schema: Schema,
     options: RelayOptions,
@@ -101,6 +116,8 @@ impl Relay {
         Self {
             connect_options: (*pool.connect_options()).clone(),
             lanes: Default::default(),
+            marker: Lane::default(),
+            handoff: Handoff::new(options.handoff_lease, options.batch_size),
             pool,
             broker,
             schema,
@@ -120,6 +137,17 @@ impl Relay {
         self.wakeup.clone()
     }
 
+    /// How this replica's writers enqueue events: handed over to this
+    /// relay after their commit where it can take them.
+    pub fn writer(&self) -> RelayWriter {
+        RelayWriter::new(self.handoff.clone(), self.wakeup.clone())
+    }
+
+    /// Rows handed over (or leased for it) and not yet settled.
+    pub fn handed_over_pending(&self) -> usize {
+        self.handoff.pending()
+    }
+
     #[doc(hidden)]
     pub fn abandon_next_batch_after_publish(&mut self) {
         self.abandon_next_batch.store(true, Ordering::SeqCst);
@@ -128,9 +156,24 @@ impl Relay {
     /// Runs until `shutdown`, then flushes what is ready and returns.
     ///
     /// While idle it makes one query per poll interval (and none between),
-    /// waking early when a writer's `NOTIFY` arrives.
+    /// waking early when a writer's `NOTIFY` arrives. Handed-over rows are
+    /// published beside the claims, and settled before it returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Some(mut listener) = self.listen(&shutdown).await else {
+        tokio::join!(self.run_claims(&shutdown), self.run_handoff(&shutdown));
+        // Flush what is ready before the process exits (rows given back by
+        // the handoff included).
+        if let Err(error) = self.drain().await {
+            warn!(schema = %self.schema, %error, "outbox relay could not flush at shutdown");
+        }
+        for lane in self.lanes.iter().chain([&self.marker]) {
+            lane.close().await;
+        }
+        info!(schema = %self.schema, published = self.status.published(), "outbox relay stopped");
+    }
+
+    /// The claims' side of [`Relay::run`], until `shutdown`.
+    async fn run_claims(&self, shutdown: &CancellationToken) {
+        let Some(mut listener) = self.listen(shutdown).await else {
             info!(schema = %self.schema, "outbox relay stopped before it could listen");
             return;
         };
@@ -240,14 +283,6 @@ impl Relay {
                 }
             }
         }
-        // Flush what is ready before the process exits.
-        if let Err(error) = self.drain().await {
-            warn!(schema = %self.schema, %error, "outbox relay could not flush at shutdown");
-        }
-        for lane in &self.lanes {
-            lane.close().await;
-        }
-        info!(schema = %self.schema, published = self.status.published(), "outbox relay stopped");
     }
 
     /// Opens the `LISTEN` connection, trying again with backoff until it
@@ -425,6 +460,9 @@ struct WakeupInner {
     notify: Notify,
     /// Commits rung so far.
     committed: AtomicU64,
+    /// Whether this replica's writers hand rows over: they do not ring for
+    /// those, but they are there.
+    local_writer: AtomicBool,
     /// `committed` as read just before the latest claim began: commits
     /// counted up to here are visible to some claim.
     claimed_through: AtomicU64,
@@ -452,9 +490,17 @@ impl RelayWakeup {
             .fetch_max(committed, Ordering::SeqCst);
     }
 
-    /// Whether this relay's replica rings it at all.
+    /// Rows were handed over (see [`RelayWriter`]).
+    fn local_writer(&self) {
+        self.inner.local_writer.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this relay's replica writes through it at all (ringing it or
+    /// handing rows over): then new rows of its own need no claim to be
+    /// found.
     pub(super) fn rung(&self) -> bool {
         self.inner.committed.load(Ordering::SeqCst) > 0
+            || self.inner.local_writer.load(Ordering::Relaxed)
     }
 
     /// Whether a commit was rung after the latest claim began, so its rows

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use fleet_broker::{Broker, Consumer, WorkerTopology};
 use fleet_messages::{Envelope, EventData, StockReleased};
-use fleet_outbox::{Claim, Relay, RelayOptions, Retention, RetentionOptions, Schema};
+use fleet_outbox::{
+    Claim, Outgoing, Relay, RelayOptions, RelayWriter, Retention, RetentionOptions, Schema,
+};
 use fleet_tests::TestContext;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -21,9 +23,15 @@ on_both_transports!(
     a_broker_outage_delays_but_loses_nothing,
     a_relay_that_cannot_reach_postgres_at_start_publishes_once_it_can,
     a_local_writer_wakes_its_relay_in_process_and_sends_no_notify,
+    handed_over_rows_are_published_without_a_claim_and_settled_before_stop,
+    a_dead_replicas_handed_over_rows_are_published_when_their_lease_ends,
+    handed_over_rows_the_broker_did_not_confirm_go_back_to_the_claims,
 );
 
 const EVENT_TYPE: &str = "stock.released";
+
+/// The handoff lease of the fixture's relays (the default's value).
+const HANDOFF_LEASE: Duration = Duration::from_secs(15);
 
 struct Fixture {
     ctx: TestContext,
@@ -99,12 +107,30 @@ impl Fixture {
             pool,
             broker,
             self.schema.clone(),
-            RelayOptions {
-                batch_size,
-                poll_interval,
-                max_publish_attempts: 3,
-            },
+            relay_options(batch_size, poll_interval),
         )
+    }
+
+    /// Writes `events` through `writer` in one committed transaction, as a
+    /// worker does; returns what to call `committed()` on.
+    async fn write(&self, writer: &RelayWriter, events: &[Envelope]) -> Outgoing {
+        let mut transaction = self.pool.begin().await.unwrap();
+        let outgoing = writer.enqueue(&mut transaction, events).await.unwrap();
+        transaction.commit().await.unwrap();
+        outgoing
+    }
+
+    /// `(leased, unpublished)`: rows held from the claims (their next
+    /// attempt lies in the future), and rows not published.
+    async fn leased_and_unpublished(&self) -> (i64, i64) {
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE next_attempt_at > now() AND published_at IS NULL),
+                    count(*) FILTER (WHERE published_at IS NULL)
+             FROM outbox",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
     }
 
     async fn enqueue(&self, count: usize) -> Vec<Uuid> {
@@ -123,6 +149,35 @@ impl Fixture {
             .await
             .unwrap()
     }
+}
+
+fn relay_options(batch_size: u32, poll_interval: Duration) -> RelayOptions {
+    RelayOptions {
+        batch_size,
+        poll_interval,
+        max_publish_attempts: 3,
+        handoff_lease: HANDOFF_LEASE,
+    }
+}
+
+/// A `payment.captured`: an event a worker consumes (so RabbitMQ publishes
+/// it as mandatory), to which no queue of the test's namespace is bound.
+fn unroutable_event() -> Envelope {
+    let order_id = Uuid::now_v7();
+    Envelope::new(
+        "relay-test",
+        EventData::from(fleet_messages::PaymentCaptured {
+            order_id,
+            payment_id: Uuid::now_v7(),
+            amount_cents: 100,
+        }),
+        order_id,
+        None,
+    )
+}
+
+fn ids_of(events: &[Envelope]) -> HashSet<Uuid> {
+    events.iter().map(|event| event.id).collect()
 }
 
 fn events(count: usize) -> Vec<Envelope> {
@@ -414,18 +469,7 @@ async fn an_unroutable_row_is_parked_after_its_attempts_while_others_flow() {
     let status = relay.status();
     let running = tokio::spawn(relay.run(shutdown.clone()));
 
-    // payment.captured: no queue of this namespace is bound to it.
-    let order_id = Uuid::now_v7();
-    let unroutable = Envelope::new(
-        "relay-test",
-        EventData::from(fleet_messages::PaymentCaptured {
-            order_id,
-            payment_id: Uuid::now_v7(),
-            amount_cents: 100,
-        }),
-        order_id,
-        None,
-    );
+    let unroutable = unroutable_event();
     let mut transaction = fixture.pool.begin().await.unwrap();
     fleet_outbox::enqueue(&mut transaction, std::slice::from_ref(&unroutable))
         .await
@@ -661,4 +705,248 @@ async fn a_local_writer_wakes_its_relay_in_process_and_sends_no_notify(transport
     shutdown.cancel();
     relay.await.unwrap();
     listener.shutdown().await;
+}
+
+/// The workers' path since the handoff: rows a replica writes go to its own
+/// relay after the commit and are published without any claim (the relay
+/// polls once a minute and nobody rings it), marked once confirmed, and
+/// what was handed over just before a stop is settled before `run` returns.
+async fn handed_over_rows_are_published_without_a_claim_and_settled_before_stop(
+    transport: &'static str,
+) {
+    let fixture = Fixture::new(transport).await;
+    let mut listener = fixture.listener().await;
+    let relay = fixture.relay_with(
+        fixture.pool.clone(),
+        fixture.broker("relay").await,
+        100,
+        Duration::from_secs(60),
+    );
+    let writer = relay.writer();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A rolled-back transaction hands nothing over and frees its lease.
+    let mut transaction = fixture.pool.begin().await.unwrap();
+    let rolled_back = writer.enqueue(&mut transaction, &events(4)).await.unwrap();
+    transaction.rollback().await.unwrap();
+    drop(rolled_back);
+
+    let first = events(30);
+    let outgoing = fixture.write(&writer, &first).await;
+    // Committed, not yet handed over: other relays' claims skip them.
+    assert_eq!(fixture.leased_and_unpublished().await, (30, 30));
+    let started = std::time::Instant::now();
+    outgoing.committed();
+    let seen = receive_all(&mut listener, &ids_of(&first), Duration::from_secs(10)).await;
+    assert_same(
+        &seen.keys().copied().collect(),
+        &ids_of(&first),
+        "handed-over rows",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "published in {:?}: the handoff, not a poll",
+        started.elapsed()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while fixture.unpublished().await > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fixture.unpublished().await, 0, "marked once confirmed");
+
+    // Handed over and stopped at once: settled before `run` returns.
+    let last = events(50);
+    fixture.write(&writer, &last).await.committed();
+    shutdown.cancel();
+    running.await.unwrap();
+    assert_eq!(fixture.unpublished().await, 0, "settled before the stop");
+    let seen = receive_all(&mut listener, &ids_of(&last), Duration::from_secs(10)).await;
+    assert_same(
+        &seen.keys().copied().collect(),
+        &ids_of(&last),
+        "rows handed over at the stop",
+    );
+    let again = receive_more(&mut listener, Duration::from_millis(500)).await;
+    assert!(again.is_empty(), "published twice: {again:?}");
+    listener.shutdown().await;
+}
+
+/// A replica that committed rows and died before its relay published them
+/// (here: a relay that never runs): the lease keeps other relays off them
+/// while it lasts, then another replica's relay publishes them.
+async fn a_dead_replicas_handed_over_rows_are_published_when_their_lease_ends(
+    transport: &'static str,
+) {
+    const LEASE: Duration = Duration::from_millis(2500);
+    let fixture = Fixture::new(transport).await;
+    let mut listener = fixture.listener().await;
+    let dead = Relay::new(
+        fixture.pool.clone(),
+        fixture.broker("dead").await,
+        fixture.schema.clone(),
+        RelayOptions {
+            handoff_lease: LEASE,
+            ..relay_options(100, Duration::from_millis(200))
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let survivor = tokio::spawn(
+        fixture
+            .relay(fixture.broker("survivor").await, 100)
+            .run(shutdown.clone()),
+    );
+
+    let orphans = events(20);
+    let written = std::time::Instant::now();
+    fixture.write(&dead.writer(), &orphans).await.committed();
+    assert!(
+        receive_more(&mut listener, Duration::from_millis(1500))
+            .await
+            .is_empty(),
+        "another relay took leased rows"
+    );
+    let seen = receive_all(&mut listener, &ids_of(&orphans), Duration::from_secs(15)).await;
+    assert_same(
+        &seen.keys().copied().collect(),
+        &ids_of(&orphans),
+        "a dead replica's rows",
+    );
+    assert!(
+        written.elapsed() >= LEASE,
+        "published after {:?}, within the lease",
+        written.elapsed()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while fixture.unpublished().await > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fixture.unpublished().await, 0);
+    assert_eq!(
+        dead.handed_over_pending(),
+        20,
+        "the dead relay never settled them"
+    );
+
+    shutdown.cancel();
+    survivor.await.unwrap();
+    listener.shutdown().await;
+}
+
+/// Handed-over rows published while the broker is unreachable get no
+/// confirm: they go back to the claims at once (not after the lease), which
+/// publish them once the broker is back, with their usual backoff.
+async fn handed_over_rows_the_broker_did_not_confirm_go_back_to_the_claims(
+    transport: &'static str,
+) {
+    let fixture = Fixture::new(transport).await;
+    let mut listener = fixture.listener().await;
+    let (url, key, port) = match transport {
+        "rabbitmq" => (fixture.ctx.amqp_url.clone(), "AMQP_URL", 5672),
+        _ => (fixture.ctx.redis_url.clone(), "REDIS_URL", 6379),
+    };
+    let proxy = Proxy::start(&faults::address(&url, port)).await;
+    let proxied = faults::through(&url, &proxy);
+    let settings = fixture.settings(&[
+        (key, proxied.as_str()),
+        ("FLEET__AMQP__CONFIRM_TIMEOUT_MS", "1000"),
+    ]);
+    let broker = Broker::connect(&settings, "relay").await.unwrap();
+    let relay = fixture.relay(broker, 50);
+    let writer = relay.writer();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+
+    proxy.go_down();
+    let held = events(20);
+    fixture.write(&writer, &held).await.committed();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (leased, unpublished) = fixture.leased_and_unpublished().await;
+        if leased == 0 {
+            assert_eq!(unpublished, 20, "nothing could be published");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rows without a confirm still leased ({leased})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    proxy.come_back();
+    let seen = receive_all(&mut listener, &ids_of(&held), Duration::from_secs(30)).await;
+    assert_same(
+        &seen.keys().copied().collect(),
+        &ids_of(&held),
+        "every row published once the broker is back",
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while fixture.unpublished().await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backlog did not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap();
+    listener.shutdown().await;
+}
+
+/// A broker that routes nowhere: a handed-over row's refusal is counted as
+/// a claim's would be, and the claims retry it until it is parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_handed_over_row_is_retried_by_the_claims_then_parked() {
+    let fixture = Fixture::new("rabbitmq").await;
+    let relay = fixture.relay(fixture.broker("relay").await, 100);
+    let writer = relay.writer();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+
+    let unroutable = [unroutable_event()];
+    fixture.write(&writer, &unroutable).await.committed();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (attempts, error, parked): (i32, Option<String>, bool) = loop {
+        let row: (i32, Option<String>, bool) = sqlx::query_as(
+            "SELECT attempts, last_error, parked_at IS NOT NULL FROM outbox WHERE event_id = $1",
+        )
+        .bind(unroutable[0].id)
+        .fetch_one(&fixture.pool)
+        .await
+        .unwrap();
+        if row.2 || tokio::time::Instant::now() > deadline {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(parked, "parked after its attempts ({attempts})");
+    assert_eq!(attempts, 3, "one refusal by the handoff, two by the claims");
+    assert!(error.unwrap().contains("unroutable"));
+
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+/// A handoff holding its maximum (20 batches) sends further rows to the
+/// claims instead: a broker that stops confirming cannot grow a replica's
+/// memory without bound.
+#[tokio::test]
+async fn a_full_handoff_leaves_further_rows_to_the_claims() {
+    let fixture = Fixture::new("rabbitmq").await;
+    // Never run: nothing it is handed is ever settled. Batches of 2: room
+    // for 40 rows.
+    let relay = fixture.relay(fixture.broker("stalled").await, 2);
+    let writer = relay.writer();
+    fixture.write(&writer, &events(40)).await.committed();
+    assert_eq!(relay.handed_over_pending(), 40);
+    let overflow = fixture.write(&writer, &events(3)).await;
+    assert_eq!(relay.handed_over_pending(), 40);
+    assert_eq!(
+        fixture.leased_and_unpublished().await,
+        (40, 43),
+        "the overflow was written for the claims"
+    );
+    overflow.committed();
 }
