@@ -28,9 +28,10 @@ pub(crate) struct Processor<H> {
     pub(crate) pool: PgPool,
     pub(crate) retry: RetrySettings,
     pub(crate) max_event_bytes: usize,
-    /// Rung after a commit that wrote outbox rows, so this replica's relay
-    /// publishes them at once.
-    pub(crate) relay_wakeup: fleet_outbox::RelayWakeup,
+    /// Writes emitted events into the outbox; after the commit they go to
+    /// this replica's relay in memory (or wake its claims), so they are
+    /// published at once.
+    pub(crate) outbox: fleet_outbox::RelayWriter,
 }
 
 /// How a delivery ended when nothing went wrong.
@@ -174,11 +175,9 @@ impl<H: Handler> Processor<H> {
             return Ok(Handled::Duplicate);
         }
         let emitted = self.run_handler(&mut transaction, envelope).await?;
-        fleet_outbox::enqueue_for_local_relay(&mut transaction, &emitted).await?;
+        let outgoing = self.outbox.enqueue(&mut transaction, &emitted).await?;
         transaction.commit().await?;
-        if !emitted.is_empty() {
-            self.relay_wakeup.rows_committed();
-        }
+        outgoing.committed();
         Ok(Handled::Done)
     }
 
@@ -210,11 +209,9 @@ impl<H: Handler> Processor<H> {
         .await?;
         let emitted: Vec<Envelope> = emitted.into_iter().flatten().collect();
         validate_emitted(&emitted)?;
-        fleet_outbox::enqueue_for_local_relay(&mut transaction, &emitted).await?;
+        let outgoing = self.outbox.enqueue(&mut transaction, &emitted).await?;
         transaction.commit().await?;
-        if !emitted.is_empty() {
-            self.relay_wakeup.rows_committed();
-        }
+        outgoing.committed();
         Ok(claims
             .into_iter()
             .map(|claim| match claim {

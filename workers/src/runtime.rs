@@ -139,7 +139,7 @@ pub async fn start<H: Handler>(
         pool: pool.clone(),
         retry: settings.retry.clone(),
         max_event_bytes: settings.limits.max_event_bytes,
-        relay_wakeup: relay.wakeup(),
+        outbox: relay.writer(),
     });
     let task = {
         let shutdown = shutdown.clone();
