@@ -143,6 +143,39 @@ impl Fixture {
         events.iter().map(|event| event.id).collect()
     }
 
+    /// A broker connection through a TCP proxy in front of the real broker,
+    /// so the test can cut it.
+    async fn broker_through_proxy(&self, overrides: &[(&str, &str)]) -> (Proxy, Broker) {
+        let (url, key, port) = match self.transport {
+            "rabbitmq" => (self.ctx.amqp_url.clone(), "AMQP_URL", 5672),
+            _ => (self.ctx.redis_url.clone(), "REDIS_URL", 6379),
+        };
+        let proxy = Proxy::start(&faults::address(&url, port)).await;
+        let proxied = faults::through(&url, &proxy);
+        let mut all = vec![(key, proxied.as_str())];
+        all.extend_from_slice(overrides);
+        let broker = Broker::connect(&self.settings(&all), "relay")
+            .await
+            .unwrap();
+        (proxy, broker)
+    }
+
+    /// Waits until every row is marked published, failing after `within`.
+    async fn wait_until_published(&self, within: Duration, what: &str) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let unpublished = self.unpublished().await;
+            if unpublished == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: {unpublished} rows still unpublished after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn unpublished(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
             .fetch_one(&self.pool)
@@ -365,14 +398,7 @@ async fn a_relay_killed_between_publish_and_mark_gives_a_duplicate_the_inbox_abs
 async fn a_broker_outage_delays_but_loses_nothing(transport: &'static str) {
     let fixture = Fixture::new(transport).await;
     let mut listener = fixture.listener().await;
-    let (url, key, port) = match transport {
-        "rabbitmq" => (fixture.ctx.amqp_url.clone(), "AMQP_URL", 5672),
-        _ => (fixture.ctx.redis_url.clone(), "REDIS_URL", 6379),
-    };
-    let proxy = Proxy::start(&faults::address(&url, port)).await;
-    let proxied = faults::through(&url, &proxy);
-    let settings = fixture.settings(&[(key, proxied.as_str())]);
-    let broker = Broker::connect(&settings, "relay").await.unwrap();
+    let (proxy, broker) = fixture.broker_through_proxy(&[]).await;
     let shutdown = CancellationToken::new();
     let relay = tokio::spawn(fixture.relay(broker, 50).run(shutdown.clone()));
 
@@ -400,14 +426,9 @@ async fn a_broker_outage_delays_but_loses_nothing(transport: &'static str) {
     // A batch in flight when the link was cut may have reached the broker
     // without its confirm reaching us: those rows stay pending and go out
     // again after the relay's backoff (a duplicate, which the inbox absorbs).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while fixture.unpublished().await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "backlog did not drain"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    fixture
+        .wait_until_published(Duration::from_secs(30), "backlog after the outage")
+        .await;
 
     shutdown.cancel();
     relay.await.unwrap();
@@ -696,11 +717,9 @@ async fn a_local_writer_wakes_its_relay_in_process_and_sends_no_notify(transport
         started.elapsed()
     );
     // Delivered before the relay marks them (after the broker's confirm).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while fixture.unpublished().await > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(fixture.unpublished().await, 0);
+    fixture
+        .wait_until_published(Duration::from_secs(5), "woken rows")
+        .await;
 
     shutdown.cancel();
     relay.await.unwrap();
@@ -750,11 +769,9 @@ async fn handed_over_rows_are_published_without_a_claim_and_settled_before_stop(
         "published in {:?}: the handoff, not a poll",
         started.elapsed()
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while fixture.unpublished().await > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(fixture.unpublished().await, 0, "marked once confirmed");
+    fixture
+        .wait_until_published(Duration::from_secs(5), "marked once confirmed")
+        .await;
 
     // Handed over and stopped at once: settled before `run` returns.
     let last = events(50);
@@ -818,11 +835,9 @@ async fn a_dead_replicas_handed_over_rows_are_published_when_their_lease_ends(
         "published after {:?}, within the lease",
         written.elapsed()
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while fixture.unpublished().await > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(fixture.unpublished().await, 0);
+    fixture
+        .wait_until_published(Duration::from_secs(5), "the survivor's marks")
+        .await;
     assert_eq!(
         dead.handed_over_pending(),
         20,
@@ -842,17 +857,9 @@ async fn handed_over_rows_the_broker_did_not_confirm_go_back_to_the_claims(
 ) {
     let fixture = Fixture::new(transport).await;
     let mut listener = fixture.listener().await;
-    let (url, key, port) = match transport {
-        "rabbitmq" => (fixture.ctx.amqp_url.clone(), "AMQP_URL", 5672),
-        _ => (fixture.ctx.redis_url.clone(), "REDIS_URL", 6379),
-    };
-    let proxy = Proxy::start(&faults::address(&url, port)).await;
-    let proxied = faults::through(&url, &proxy);
-    let settings = fixture.settings(&[
-        (key, proxied.as_str()),
-        ("FLEET__AMQP__CONFIRM_TIMEOUT_MS", "1000"),
-    ]);
-    let broker = Broker::connect(&settings, "relay").await.unwrap();
+    let (proxy, broker) = fixture
+        .broker_through_proxy(&[("FLEET__AMQP__CONFIRM_TIMEOUT_MS", "1000")])
+        .await;
     let relay = fixture.relay(broker, 50);
     let writer = relay.writer();
     let shutdown = CancellationToken::new();
@@ -882,14 +889,9 @@ async fn handed_over_rows_the_broker_did_not_confirm_go_back_to_the_claims(
         &ids_of(&held),
         "every row published once the broker is back",
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while fixture.unpublished().await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "backlog did not drain"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    fixture
+        .wait_until_published(Duration::from_secs(30), "backlog after the outage")
+        .await;
     shutdown.cancel();
     running.await.unwrap();
     listener.shutdown().await;
