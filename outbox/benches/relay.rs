@@ -1,5 +1,8 @@
 //! Relay throughput and commit-to-published latency, beside a plain confirmed
-//! publish of the same events through the same broker, in one run.
+//! publish of the same events through the same broker, in one run. The
+//! latency is measured for each way a relay learns of rows: a `NOTIFY` from
+//! another process's writer, its own replica's in-process wake-up, and the
+//! handoff.
 //!
 //! ```text
 //! cargo bench -p fleet-outbox --bench relay              # RabbitMQ
@@ -167,12 +170,23 @@ async fn run(settings: &fleet_config::Settings) -> anyhow::Result<()> {
     let ratio = median(&mut ratios);
     let two_in_flight_ratio = median(&mut two_in_flight_ratios);
 
-    // 3. Latency under an offered load: one event per transaction, paced.
-    // Start from a vacuumed table, as retention and autovacuum keep it:
-    // 100,000 dead rows would otherwise slow every claim for a while.
-    sqlx::query("DELETE FROM outbox").execute(&pool).await?;
-    sqlx::query("VACUUM ANALYZE outbox").execute(&pool).await?;
-    empty(&broker, &sink).await?;
+    // 3. Latency under an offered load: one event per transaction, paced,
+    // written the three ways a relay learns of rows.
+    let mut latencies = Vec::new();
+    for path in [WritePath::Notify, WritePath::Wakeup, WritePath::Handoff] {
+        latencies.push((
+            path,
+            offered_latency(&pool, &broker, &schema, &options, &sink, path).await?,
+        ));
+    }
+
+    // 4. Idle: statements the relay runs per poll interval with nothing to do.
+    // Leave autovacuum nothing to do in the window (its transactions count
+    // too), then wait out Postgres 15's statistics flush (up to 10 s after a
+    // backend goes idle), or the writers' commits land in the window.
+    sqlx::query("VACUUM ANALYZE outbox, outbox_relay, inbox")
+        .execute(&pool)
+        .await?;
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(
         Relay::new(
@@ -183,76 +197,6 @@ async fn run(settings: &fleet_config::Settings) -> anyhow::Result<()> {
         )
         .run(shutdown.clone()),
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let total = OFFERED_RATE * OFFERED_SECONDS;
-    let interval = Duration::from_secs(1) / u32::try_from(OFFERED_RATE)?;
-    let start = tokio::time::Instant::now();
-    let mut writers = tokio::task::JoinSet::new();
-    // When each writer's commit returned, by event id: the start of
-    // commit-to-published (the clock is the host's, as Postgres' is).
-    let mut committed: HashMap<Uuid, SystemTime> = HashMap::new();
-    for n in 0..total {
-        tokio::time::sleep_until(start + interval * u32::try_from(n)?).await;
-        let pool = pool.clone();
-        writers.spawn(async move {
-            let event = events(1);
-            let mut transaction = pool.begin().await?;
-            fleet_outbox::enqueue(&mut transaction, &event).await?;
-            transaction.commit().await?;
-            anyhow::Ok((event[0].id, SystemTime::now()))
-        });
-        while let Some(written) = writers.try_join_next() {
-            let (id, at) = written??;
-            committed.insert(id, at);
-        }
-    }
-    while let Some(written) = writers.join_next().await {
-        let (id, at) = written??;
-        committed.insert(id, at);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                .fetch_one(&pool)
-                .await?;
-        if pending == 0 || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let published: Vec<(
-        Uuid,
-        chrono::DateTime<chrono::Utc>,
-        chrono::DateTime<chrono::Utc>,
-    )> = sqlx::query_as(
-        "SELECT event_id, created_at, published_at FROM outbox WHERE published_at IS NOT NULL",
-    )
-    .fetch_all(&pool)
-    .await?;
-    anyhow::ensure!(
-        published.len() == committed.len(),
-        "{} of {} offered events published",
-        published.len(),
-        committed.len()
-    );
-    let mut from_commit = Vec::with_capacity(published.len());
-    let mut from_insert = Vec::with_capacity(published.len());
-    for (id, created_at, published_at) in &published {
-        let commit: chrono::DateTime<chrono::Utc> = committed[id].into();
-        from_commit.push((*published_at - commit).as_seconds_f64() * 1000.0);
-        from_insert.push((*published_at - *created_at).as_seconds_f64() * 1000.0);
-    }
-    let (p50, p99, max) = percentiles(&mut from_commit);
-    let (insert_p50, insert_p99, insert_max) = percentiles(&mut from_insert);
-
-    // 4. Idle: statements the relay runs per poll interval with nothing to do.
-    // Leave autovacuum nothing to do in the window (its transactions count
-    // too), then wait out Postgres 15's statistics flush (up to 10 s after a
-    // backend goes idle), or the writers' commits land in the window.
-    sqlx::query("VACUUM ANALYZE outbox, outbox_relay, inbox")
-        .execute(&pool)
-        .await?;
     tokio::time::sleep(Duration::from_secs(12)).await;
     // Long enough that the ±1 of statistics flushed on either side of the
     // window does not blur the per-poll figure.
@@ -292,14 +236,26 @@ async fn run(settings: &fleet_config::Settings) -> anyhow::Result<()> {
         100.0 * ratio,
         100.0 * two_in_flight_ratio
     );
-    println!(
-        "{:<58} p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms  (targets 5 / 25 ms)",
-        format!("commit-to-published at {OFFERED_RATE} events/s, {OFFERED_SECONDS} s"),
-    );
-    println!(
-        "{:<58} p50 {insert_p50:.1} ms, p99 {insert_p99:.1} ms, max {insert_max:.1} ms",
-        "  (from the INSERT inside the writer's transaction)",
-    );
+    for (path, latency) in &latencies {
+        let (p50, p99, max) = latency.from_commit;
+        println!(
+            "{:<58} p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms{}",
+            format!(
+                "commit-to-published, {} ({OFFERED_RATE}/s, {OFFERED_SECONDS} s)",
+                path.name()
+            ),
+            if *path == WritePath::Notify {
+                "  (targets 5 / 25 ms)"
+            } else {
+                ""
+            },
+        );
+        let (p50, p99, max) = latency.from_insert;
+        println!(
+            "{:<58} p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
+            "  (from the INSERT inside the writer's transaction)",
+        );
+    }
     println!(
         "{:<58} {:>8.2} per poll ({} in {} s, which hold up to {polls:.0} polls; target <= 1)",
         "idle relay transactions",
@@ -309,6 +265,136 @@ async fn run(settings: &fleet_config::Settings) -> anyhow::Result<()> {
     );
     broker.delete_worker(&sink).await.ok();
     Ok(())
+}
+
+/// How the offered events reach the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WritePath {
+    /// `enqueue` in another process's transaction: a `NOTIFY` wakes a
+    /// sleeping relay, which claims.
+    Notify,
+    /// The replica's own writer with the handoff off: its relay is woken in
+    /// process, then claims.
+    Wakeup,
+    /// The replica's own writer: rows handed over after the commit, no claim.
+    Handoff,
+}
+
+impl WritePath {
+    fn name(self) -> &'static str {
+        match self {
+            WritePath::Notify => "NOTIFY + claim",
+            WritePath::Wakeup => "wake-up + claim",
+            WritePath::Handoff => "handoff",
+        }
+    }
+}
+
+/// Percentiles (p50, p99, max) of commit-to-published, and of
+/// insert-to-published, in milliseconds.
+struct Latency {
+    from_commit: (f64, f64, f64),
+    from_insert: (f64, f64, f64),
+}
+
+/// Offers OFFERED_RATE one-event transactions a second for OFFERED_SECONDS
+/// through `path` to a relay of its own, and measures how long each took
+/// from its commit (and from its insert) to being marked published.
+async fn offered_latency(
+    pool: &sqlx::PgPool,
+    broker: &Broker,
+    schema: &Schema,
+    options: &RelayOptions,
+    sink: &WorkerTopology,
+    path: WritePath,
+) -> anyhow::Result<Latency> {
+    // Start from a vacuumed table, as retention and autovacuum keep it:
+    // 100,000 dead rows would otherwise slow every claim for a while.
+    sqlx::query("DELETE FROM outbox").execute(pool).await?;
+    sqlx::query("VACUUM ANALYZE outbox").execute(pool).await?;
+    empty(broker, sink).await?;
+    let mut options = options.clone();
+    if path == WritePath::Wakeup {
+        options.handoff_lease = Duration::ZERO;
+    }
+    let relay = Relay::new(pool.clone(), broker.clone(), schema.clone(), options);
+    let writer = relay.writer();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let total = OFFERED_RATE * OFFERED_SECONDS;
+    let interval = Duration::from_secs(1) / u32::try_from(OFFERED_RATE)?;
+    let start = tokio::time::Instant::now();
+    let mut writers = tokio::task::JoinSet::new();
+    // When each writer's commit returned, by event id: the start of
+    // commit-to-published (the clock is the host's, as Postgres' is).
+    let mut committed: HashMap<Uuid, SystemTime> = HashMap::new();
+    for n in 0..total {
+        tokio::time::sleep_until(start + interval * u32::try_from(n)?).await;
+        let pool = pool.clone();
+        let writer = writer.clone();
+        writers.spawn(async move {
+            let event = events(1);
+            let mut transaction = pool.begin().await?;
+            if path == WritePath::Notify {
+                fleet_outbox::enqueue(&mut transaction, &event).await?;
+                transaction.commit().await?;
+            } else {
+                let outgoing = writer.enqueue(&mut transaction, &event).await?;
+                transaction.commit().await?;
+                outgoing.committed();
+            }
+            anyhow::Ok((event[0].id, SystemTime::now()))
+        });
+        while let Some(written) = writers.try_join_next() {
+            let (id, at) = written??;
+            committed.insert(id, at);
+        }
+    }
+    while let Some(written) = writers.join_next().await {
+        let (id, at) = written??;
+        committed.insert(id, at);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(pool)
+                .await?;
+        if pending == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    running.await?;
+    let published: Vec<(
+        Uuid,
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+    )> = sqlx::query_as(
+        "SELECT event_id, created_at, published_at FROM outbox WHERE published_at IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?;
+    anyhow::ensure!(
+        published.len() == committed.len(),
+        "{}: {} of {} offered events published",
+        path.name(),
+        published.len(),
+        committed.len()
+    );
+    let mut from_commit = Vec::with_capacity(published.len());
+    let mut from_insert = Vec::with_capacity(published.len());
+    for (id, created_at, published_at) in &published {
+        let commit: chrono::DateTime<chrono::Utc> = committed[id].into();
+        from_commit.push((*published_at - commit).as_seconds_f64() * 1000.0);
+        from_insert.push((*published_at - *created_at).as_seconds_f64() * 1000.0);
+    }
+    Ok(Latency {
+        from_commit: percentiles(&mut from_commit),
+        from_insert: percentiles(&mut from_insert),
+    })
 }
 
 /// Empties the sink queue (by deleting and declaring it again): a queue
