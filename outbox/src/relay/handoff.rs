@@ -246,7 +246,7 @@ async fn insert_leased(
     events: &[Envelope],
     lease: Duration,
 ) -> Result<Vec<HandedRow>, sqlx::Error> {
-    let mut messages: Vec<OutgoingMessage> =
+    let messages: Vec<OutgoingMessage> =
         events.iter().map(OutgoingMessage::from_envelope).collect();
     let ids: Vec<uuid::Uuid> = events.iter().map(|event| event.id).collect();
     let types: Vec<&str> = messages
@@ -274,7 +274,7 @@ async fn insert_leased(
         .map(|(row, event)| (event, row))
         .collect();
     let mut rows = Vec::with_capacity(events.len());
-    for (event, message) in events.iter().zip(messages.drain(..)) {
+    for (event, message) in events.iter().zip(messages) {
         let Some(id) = row_of.get(&event.id) else {
             return Err(sqlx::Error::Protocol(format!(
                 "outbox insert returned no row for event {}",
