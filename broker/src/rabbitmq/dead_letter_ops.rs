@@ -3,11 +3,13 @@
 //! A classic queue cannot be read at an offset, so every operation fetches
 //! with `basic.get` *without* acknowledging, on a connection of its own:
 //!
-//! - browsing never acknowledges; closing the connection puts every fetched
-//!   message back at its original position;
+//! - browsing never acknowledges; one requeue at the end puts every fetched
+//!   message back at its original position, and the browse returns once the
+//!   queue counts them again (`dead_letters::give_back`: the next command
+//!   must find them all);
 //! - replay and purge acknowledge exactly the selected messages (a replayed
-//!   one only once its republish was confirmed) and leave the others
-//!   unacknowledged, so they too return in order when the connection closes.
+//!   one only once its republish was confirmed) and hand the others back
+//!   the same way. After an error, closing the connection returns them.
 //!   They fetch through a consumer with a prefetch window (fast), falling
 //!   back to `basic.get` when a sparse selection would stall it (`Source`).
 //!   A killed process closes its connection as well (the socket dies), so an
@@ -181,10 +183,12 @@ impl RabbitMqBroker {
             let depth = depth(&connection, config, worker).await?;
             let channel = plain_channel(&connection).await?;
             let mut seen = 0u64;
+            let mut last_tag = None;
             while seen < depth {
                 let Some(message) = get(&channel, &queue).await? else {
                     break;
                 };
+                last_tag = Some(message.delivery.delivery_tag);
                 let position = usize::try_from(seen).unwrap_or(usize::MAX);
                 seen += 1;
                 let letter = dead_letters::dead_letter(position, &message.delivery, worker);
@@ -192,13 +196,19 @@ impl RabbitMqBroker {
                     break;
                 }
             }
+            if let Some(tag) = last_tag {
+                // A replay usually follows a browse at once: it must find
+                // them all back in place.
+                dead_letters::give_back(&channel, &queue, tag, seen).await?;
+            }
             Ok(BrowseSummary {
                 seen,
                 watermark: None,
             })
         }
         .await;
-        // Unacknowledged messages go back, in order, when the connection closes.
+        // After an error, unacknowledged messages go back, in order, when
+        // the connection closes.
         let _ = connection.close(200, "browse done".into()).await;
         result
     }
@@ -244,6 +254,7 @@ impl RabbitMqBroker {
             let started = Instant::now();
             let mut fetched = 0u64;
             let mut taken = 0u64;
+            let mut last_tag = None;
             while remaining > 0 && fetched < depth {
                 if let (Some(watch), Some(threshold)) = (watch.as_mut(), threshold) {
                     report.redead += count_redead(watch, &wanted);
@@ -274,6 +285,7 @@ impl RabbitMqBroker {
                     }
                 };
                 fetched += 1;
+                last_tag = last_tag.max(Some(delivery.delivery_tag));
                 let letter = dead_letters::dead_letter(0, &delivery, worker);
                 match wanted.get_mut(letter.id.as_str()) {
                     Some(count) if *count > 0 => *count -= 1,
@@ -344,6 +356,18 @@ impl RabbitMqBroker {
                 report.missing = remaining;
             }
             progress(&report);
+            // The unselected and the unconfirmed go back in place before
+            // this returns (see `give_back`); a channel broken by an error
+            // leaves that to the connection's close.
+            if let Some(tag) = last_tag
+                && report.aborted.is_none()
+            {
+                let left = depth.saturating_sub(report.replayed);
+                if let Err(error) = dead_letters::give_back(&channel, &queue, tag, left).await {
+                    // What was done is done and reported; the close returns them.
+                    tracing::warn!(%error, "returning the unselected dead letters");
+                }
+            }
             Ok(report)
         }
         .await;

@@ -1,6 +1,7 @@
 use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, ErrorKind};
+use tokio::time::{Duration, Instant};
 
 use fleet_messages::names;
 
@@ -37,23 +38,9 @@ pub(crate) async fn peek(
         }
         if let Some(tag) = last_tag {
             // Put them back before returning, not when the server gets to
-            // the connection's close: a caller that counts the queue next
-            // must find them there. The passive declare on the same channel
-            // reaches the queue after the requeue, and its reply says the
-            // queue has them again.
-            channel
-                .basic_nack(
-                    tag,
-                    BasicNackOptions {
-                        multiple: true,
-                        requeue: true,
-                    },
-                )
-                .await
-                .map_err(|error| BrokerError::rabbitmq("returning peeked dead letters", error))?;
-            count_messages(&channel, &queue)
-                .await
-                .map_err(|error| not_found_or(error, &queue))?;
+            // the connection's close: a caller that reads the queue next
+            // must find them there.
+            give_back(&channel, &queue, tag, letters.len() as u64).await?;
         }
         Ok(letters)
     }
@@ -62,6 +49,57 @@ pub(crate) async fn peek(
     // connection closes.
     let _ = connection.close(200, "peek done".into()).await;
     result
+}
+
+/// How long `give_back` waits for the queue to count the returned messages.
+const GIVE_BACK_WAIT: Duration = Duration::from_secs(5);
+
+/// Returns every message fetched unacknowledged on `channel`, up to and
+/// including `last_tag`, in one nack (a classic queue puts them back at
+/// their original positions), then waits until `queue` counts at least
+/// `expected` messages again.
+///
+/// Why wait: RabbitMQ applies the requeue asynchronously, and a queue
+/// answers the passive declare that counts it ahead of work already in its
+/// mailbox (`stat` is a prioritised call), so a count, a browse or another
+/// `dlq-tool` run started right after would find the queue short and miss
+/// dead letters at its end. A concurrent replay may take some meanwhile,
+/// so the wait is bounded rather than exact.
+pub(crate) async fn give_back(
+    channel: &Channel,
+    queue: &str,
+    last_tag: u64,
+    expected: u64,
+) -> Result<(), BrokerError> {
+    channel
+        .basic_nack(
+            last_tag,
+            BasicNackOptions {
+                multiple: true,
+                requeue: true,
+            },
+        )
+        .await
+        .map_err(|error| BrokerError::rabbitmq("returning fetched dead letters", error))?;
+    let deadline = Instant::now() + GIVE_BACK_WAIT;
+    loop {
+        let count = count_messages(channel, queue)
+            .await
+            .map_err(|error| not_found_or(error, queue))?;
+        if count >= expected {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                queue,
+                count,
+                expected,
+                "returned dead letters not all counted yet; another consumer may hold them"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The number of messages in `worker`'s dead-letter queue; 0 when it does

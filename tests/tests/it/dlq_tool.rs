@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use fleet_broker::{Broker, Consumer, DeadLetter, OutgoingMessage, PublishOutcome, WorkerTopology};
+use fleet_broker::{
+    Broker, Consumer, DeadLetter, OutgoingMessage, PublishOutcome, ReplayOptions, WorkerTopology,
+};
 use fleet_tests::TestContext;
 use serde_json::Value;
 use tokio::process::Command;
@@ -34,6 +36,7 @@ on_both_transports!(
     bad_input_exits_1_or_2_without_panicking,
     killed_mid_replay_loses_nothing,
     a_sparse_selection_is_replayed_in_place,
+    reads_put_the_dead_letters_back_before_they_return,
 );
 
 // ----------------------------------------------------------------- helpers
@@ -862,4 +865,44 @@ async fn a_sparse_selection_is_replayed_in_place(transport: &'static str) {
     let received = drain(&broker, WORKER, Duration::from_secs(2)).await;
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].0, last);
+}
+
+/// Reads fetch dead letters without removing them; each must have them back
+/// in the queue, counted, before it returns: the next command of a script
+/// (a count, a browse, a replay) must find every one. RabbitMQ applies a
+/// requeue asynchronously and answers a count ahead of it, so a read that
+/// left the return to its connection's close made the next one come up short.
+async fn reads_put_the_dead_letters_back_before_they_return(transport: &'static str) {
+    const COUNT: u64 = 2000;
+    let fixture = Fixture::new(transport).await;
+    populate_many(&fixture, COUNT as usize).await;
+    let broker = fixture.broker("check").await;
+    let mut last = String::new();
+    for round in 0..3 {
+        let peeked = broker.peek_dead_letters(WORKER, 100_000).await.unwrap();
+        assert_eq!(peeked.len() as u64, COUNT, "peek, round {round}");
+        let depth = broker.dead_letter_depth(WORKER).await.unwrap();
+        assert_eq!(depth, COUNT, "counted right after a peek, round {round}");
+        let selection = broker
+            .select_dead_letters(WORKER, None, &mut |_| true)
+            .await
+            .unwrap();
+        assert_eq!(selection.len() as u64, COUNT, "browse, round {round}");
+        let depth = broker.dead_letter_depth(WORKER).await.unwrap();
+        assert_eq!(depth, COUNT, "counted right after a browse, round {round}");
+        last = peeked.last().unwrap().id.clone();
+    }
+    // Replaying the last one holds back every other, then hands them back.
+    let selection = broker
+        .select_dead_letters(WORKER, None, &mut |letter| letter.id == last)
+        .await
+        .unwrap();
+    assert_eq!(selection.len(), 1);
+    let report = broker
+        .replay_dead_letters(&selection, &ReplayOptions::default(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.replayed, 1, "{report:?}");
+    let depth = broker.dead_letter_depth(WORKER).await.unwrap();
+    assert_eq!(depth, COUNT - 1, "counted right after a replay");
 }
