@@ -106,6 +106,7 @@ impl Handler for InventoryWorker {
              ORDER BY sku
              FOR UPDATE",
         )
+        .persistent(false) // planned for these keys (see the crate docs)
         .bind(&skus)
         .bind(&declined)
         .execute(&mut *transaction)
@@ -257,6 +258,7 @@ async fn release(
         "UPDATE reservations SET status = 'released', updated_at = now()
          WHERE order_id = $1 AND status = 'reserved'",
     )
+    .persistent(false) // run with the stock rows locked (see the crate docs)
     .bind(order_id)
     .execute(&mut *transaction)
     .await?
@@ -264,6 +266,7 @@ async fn release(
     if released == 0 {
         let known: Option<(String,)> =
             sqlx::query_as("SELECT status FROM reservations WHERE order_id = $1")
+                .persistent(false)
                 .bind(order_id)
                 .fetch_optional(&mut *transaction)
                 .await?;
@@ -280,6 +283,7 @@ async fn release(
          FROM (SELECT sku, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY sku) AS l
          WHERE stock.sku = l.sku",
     )
+    .persistent(false)
     .bind(order_id)
     .execute(&mut *transaction)
     .await?;

@@ -18,6 +18,14 @@
 //! the HTTP endpoints (`/healthz`, `/readyz`, `/metrics`). SIGTERM drains:
 //! stop consuming, finish in-flight work, let the relay flush, exit 0.
 //!
+//! Lookups by key in tables that grow (orders, reservations) are sent as
+//! unnamed statements (`.persistent(false)`), planned for the keys at hand
+//! each time. A named statement's cached generic plan is made after a few
+//! runs, while the table is still small (a fresh deployment), and for a
+//! small table it is a sequential scan; it stays until the next ANALYZE
+//! however large the table grows. Without autovacuum that was seen to take
+//! milliseconds per statement, some of them while hot stock rows were locked.
+//!
 //! The workers: [`order`] (the state machine), [`inventory`] (reservations and
 //! their compensation), [`payment`] (per-customer credit), [`notification`]
 //! (one notification per terminal order). [`loadgen`] drives them.

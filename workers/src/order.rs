@@ -249,6 +249,7 @@ async fn confirm(
          WHERE o.order_id = c.order_id AND o.status = 'placed'
          RETURNING o.order_id, o.total_cents",
     )
+    .persistent(false) // planned for these keys (see the crate docs)
     .bind(&order_ids)
     .fetch_all(&mut *transaction)
     .await?;
@@ -309,6 +310,7 @@ async fn cancel(
          WHERE o.order_id = c.order_id AND o.status = 'placed'
          RETURNING o.order_id",
     )
+    .persistent(false)
     .bind(&order_ids)
     .bind(&texts)
     .fetch_all(&mut *transaction)
@@ -350,6 +352,7 @@ async fn finished_or_unknown(
     }
     let known: Vec<(uuid::Uuid, String)> =
         sqlx::query_as("SELECT order_id, status FROM orders WHERE order_id = ANY($1)")
+            .persistent(false)
             .bind(&unchanged)
             .fetch_all(&mut *transaction)
             .await?;
