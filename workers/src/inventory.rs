@@ -4,10 +4,11 @@
 //! SKU rows are locked in SKU order, so two reservations over the same SKUs
 //! never deadlock; a reservation row per order makes redeliveries harmless.
 //! The reservation itself is a function in the worker's schema
-//! (`lock_and_reserve_orders`, migrations 101 and 102) that locks and judges
+//! (`lock_and_reserve_orders`, migrations 101 to 103) that locks and judges
 //! any number of orders in one call: a few SKUs take most orders, and every
 //! round trip made while their rows are locked is time every other order
-//! waits.
+//! waits. A batch whose demand fits is judged in one statement; others
+//! order by order.
 
 use std::collections::BTreeMap;
 
@@ -52,6 +53,11 @@ impl Handler for InventoryWorker {
                 102,
                 "lock_and_reserve_orders",
                 include_str!("../migrations/inventory/102_lock_and_reserve_orders.sql"),
+            ),
+            fleet_outbox::migration(
+                103,
+                "reserve_fitting_batches_at_once",
+                include_str!("../migrations/inventory/103_reserve_fitting_batches_at_once.sql"),
             ),
         ]
     }
@@ -167,7 +173,7 @@ impl Handler for InventoryWorker {
 }
 
 /// Reserves stock for consecutive `order.placed` events: one call of the
-/// schema's `lock_and_reserve_orders` (migrations 101 and 102), which locks
+/// schema's `lock_and_reserve_orders` (migrations 101 to 103), which locks
 /// their stock rows in SKU order and judges them in order, each
 /// all-or-nothing, so the hot stock rows stay locked for one round trip
 /// however many orders there are. Returns what each order emits:
