@@ -51,8 +51,10 @@ pub(crate) async fn peek(
     result
 }
 
-/// How long `give_back` waits for the queue to count the returned messages.
-const GIVE_BACK_WAIT: Duration = Duration::from_secs(5);
+/// How long `give_back` keeps waiting after the count last grew.
+const GIVE_BACK_STALL: Duration = Duration::from_secs(15);
+/// The most `give_back` waits in all, however slowly the count grows.
+const GIVE_BACK_LIMIT: Duration = Duration::from_secs(120);
 
 /// Returns every message fetched unacknowledged on `channel`, up to and
 /// including `last_tag`, in one nack (a classic queue puts them back at
@@ -63,8 +65,12 @@ const GIVE_BACK_WAIT: Duration = Duration::from_secs(5);
 /// answers the passive declare that counts it ahead of work already in its
 /// mailbox (`stat` is a prioritised call), so a count, a browse or another
 /// `dlq-tool` run started right after would find the queue short and miss
-/// dead letters at its end. A concurrent replay may take some meanwhile,
-/// so the wait is bounded rather than exact.
+/// dead letters at its end. The queue puts them back gradually (measured on
+/// RabbitMQ 3.10: 2,000 in 1.2 s idle, 1,327 in 5 s under a parallel test
+/// run), so the wait lasts as long as the count keeps growing;
+/// a concurrent replay may take some meanwhile, so it ends once the count
+/// has not grown for a while (`GIVE_BACK_STALL`), and never runs past
+/// `GIVE_BACK_LIMIT`.
 pub(crate) async fn give_back(
     channel: &Channel,
     queue: &str,
@@ -81,7 +87,10 @@ pub(crate) async fn give_back(
         )
         .await
         .map_err(|error| BrokerError::rabbitmq("returning fetched dead letters", error))?;
-    let deadline = Instant::now() + GIVE_BACK_WAIT;
+    let started = Instant::now();
+    let mut last_growth = started;
+    let mut most = 0;
+    let mut pause = Duration::from_millis(5);
     loop {
         let count = count_messages(channel, queue)
             .await
@@ -89,16 +98,23 @@ pub(crate) async fn give_back(
         if count >= expected {
             return Ok(());
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if count > most {
+            most = count;
+            last_growth = now;
+        }
+        if now - last_growth >= GIVE_BACK_STALL || now - started >= GIVE_BACK_LIMIT {
             tracing::warn!(
                 queue,
                 count,
                 expected,
+                waited_ms = (now - started).as_millis() as u64,
                 "returned dead letters not all counted yet; another consumer may hold them"
             );
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
