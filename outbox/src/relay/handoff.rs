@@ -46,6 +46,16 @@ use crate::metrics::OUTBOX_PUBLISHED;
 /// alternating runs, the third within noise.
 const BATCHES_IN_FLIGHT: usize = 2;
 
+/// How long the first confirmed batch waits for the confirms of others
+/// before its rows are marked published, all in one statement. The broker
+/// has delivered the events by then, so no consumer waits for a mark; the
+/// wait costs only a few milliseconds of each row's lease. At 450 sagas/s
+/// on RabbitMQ (one replica per worker, 16,000 orders) the fleet committed
+/// 24-25% fewer transactions with it, and its p99 saga latency was lower
+/// in both alternating pairs (181 and 163 ms against 230 and 239). 60 ms
+/// saved few more commits.
+const MARK_WINDOW: Duration = Duration::from_millis(25);
+
 /// Rows leased and not yet settled, in batches of `outbox.batch_size`,
 /// beyond which writers fall back to the claims: a broker that stops
 /// confirming must not grow this process's memory without bound.
@@ -332,6 +342,9 @@ impl Relay {
         };
         let settling = async {
             while let Some(first) = to_settle.recv().await {
+                // Confirms of the next batches arrive meanwhile and are
+                // marked in the same statement (see `MARK_WINDOW`).
+                tokio::time::sleep(MARK_WINDOW).await;
                 let mut batches = vec![first];
                 while let Ok(more) = to_settle.try_recv() {
                     batches.push(more);
