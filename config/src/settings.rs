@@ -133,11 +133,17 @@ pub struct WorkerSettings {
     /// Most deliveries handled together in one transaction when several are
     /// waiting; 1 handles each alone.
     pub max_batch: usize,
+    /// How long a busy replica waits to fill a batch; 0 never waits.
+    pub batch_wait_ms: u64,
     pub shutdown_timeout_ms: u64,
     pub max_relay_lag_ms: u64,
 }
 
 impl WorkerSettings {
+    pub fn batch_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_wait_ms)
+    }
+
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }

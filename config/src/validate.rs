@@ -57,6 +57,12 @@ pub(crate) fn settings(settings: &Settings) -> Result<(), ConfigError> {
         1,
         1_000,
     )?;
+    within(
+        "worker.batch_wait_ms",
+        settings.worker.batch_wait_ms,
+        0,
+        10_000,
+    )?;
     if usize::from(settings.worker.prefetch) < settings.worker.concurrency {
         return invalid(
             "worker.prefetch",

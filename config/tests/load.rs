@@ -106,6 +106,11 @@ fn out_of_range_values_name_the_key_and_value() {
         ("FLEET__RETRY__MAX_ATTEMPTS", "0", "retry.max_attempts"),
         ("FLEET__RETRY__DELAYS_MS", "100,0", "retry.delays_ms"),
         ("FLEET__WORKER__CONCURRENCY", "0", "worker.concurrency"),
+        (
+            "FLEET__WORKER__BATCH_WAIT_MS",
+            "60000",
+            "worker.batch_wait_ms",
+        ),
         ("FLEET__OUTBOX__BATCH_SIZE", "0", "outbox.batch_size"),
         (
             "FLEET__PAYMENT__CREDIT_LIMIT_CENTS",

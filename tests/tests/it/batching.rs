@@ -27,6 +27,7 @@ on_both_transports!(
     a_batch_of_charges_spends_each_customers_credit_once,
     order_batches_move_each_order_once_and_refuse_strangers,
     a_batch_of_terminal_orders_notifies_each_once,
+    a_busy_replica_gathers_deliveries_that_trickle_in_into_one_transaction,
 );
 
 const ORDERS: usize = 400;
@@ -645,6 +646,152 @@ async fn a_batch_of_terminal_orders_notifies_each_once(transport: &'static str) 
     }
     BatchMetrics::of(&fleet.replicas()[0]).await.assert_formed();
     fleet.stop().await;
+}
+
+/// Terminal events published one at a time, this far apart: never fetched
+/// together, so only the batch wait can put them in one transaction.
+const TRICKLE: usize = 12;
+const TRICKLE_GAP: Duration = Duration::from_millis(30);
+
+/// A replica with a slot busy (its handler blocked on a row lock the test
+/// holds) waits `worker.batch_wait_ms` to fill a batch: events trickling in
+/// share one transaction. Without the wait each takes a transaction of its
+/// own. An idle replica never waits.
+async fn a_busy_replica_gathers_deliveries_that_trickle_in_into_one_transaction(
+    transport: &'static str,
+) {
+    let waiting = trickle(transport, "5000").await;
+    assert_eq!(
+        waiting.transactions, 1,
+        "with a batch wait the trickled events share one transaction"
+    );
+    assert!(
+        waiting.idle_handled_in < Duration::from_millis(2_500),
+        "an idle replica waited: {:?}",
+        waiting.idle_handled_in
+    );
+
+    let eager = trickle(transport, "0").await;
+    assert!(
+        eager.transactions > 1,
+        "without a batch wait the trickled events went in one transaction"
+    );
+}
+
+struct Trickled {
+    /// Transactions the trickled events were handled in.
+    transactions: i64,
+    /// From publishing one event to an idle replica to its notification.
+    idle_handled_in: Duration,
+}
+
+async fn trickle(transport: &'static str, batch_wait_ms: &str) -> Trickled {
+    let mut fleet = Fleet::with_settings(
+        transport,
+        &[
+            ("FLEET__WORKER__CONCURRENCY", "4"),
+            ("FLEET__WORKER__MAX_BATCH", &TRICKLE.to_string()),
+            ("FLEET__WORKER__BATCH_WAIT_MS", batch_wait_ms),
+        ],
+    )
+    .await;
+    fleet.add::<NotificationWorker>(1).await;
+    let db = fleet.ctx.db.clone();
+    let confirmed = |order_id: Uuid| {
+        Envelope::new(
+            "test",
+            EventData::from(OrderConfirmed {
+                order_id,
+                total_cents: 500,
+            }),
+            order_id,
+            None,
+        )
+    };
+    let notified = |expected: i64| {
+        let db = db.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let count: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM notification_worker.notifications")
+                        .fetch_one(&db)
+                        .await
+                        .unwrap();
+                if count >= expected {
+                    assert_eq!(count, expected);
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{count} of {expected} notified"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    // Idle: nothing in flight, so no wait.
+    let started = tokio::time::Instant::now();
+    fleet.submit(&[confirmed(Uuid::now_v7())]).await;
+    notified(1).await;
+    let idle_handled_in = started.elapsed();
+
+    // Busy: one event's insert waits for the test's uncommitted row.
+    let blocked = Uuid::now_v7();
+    let mut lock = db.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO notification_worker.notifications (order_id, template)
+         VALUES ($1, 'order_confirmed')",
+    )
+    .bind(blocked)
+    .execute(&mut *lock)
+    .await
+    .unwrap();
+    fleet.submit(&[confirmed(blocked)]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the handler never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut trickled = Vec::new();
+    for _ in 0..TRICKLE {
+        let order_id = Uuid::now_v7();
+        trickled.push(order_id);
+        fleet.submit(&[confirmed(order_id)]).await;
+        tokio::time::sleep(TRICKLE_GAP).await;
+    }
+    notified(1 + TRICKLE as i64).await;
+    lock.rollback().await.unwrap();
+    notified(2 + TRICKLE as i64).await;
+
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM notification_worker.notifications
+         WHERE order_id = ANY($1)",
+    )
+    .bind(&trickled)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    fleet.stop().await;
+    Trickled {
+        transactions,
+        idle_handled_in,
+    }
 }
 
 /// `lock_and_reserve_orders` judges a batch whose demand fits in one
