@@ -189,7 +189,9 @@ const IDLE_AFTER: Duration = Duration::from_millis(100);
 /// only while a batch was in flight, or for 5 ms after one started, gave
 /// back most of that: 17,000-18,000 commits per 20,000 orders at 550/s,
 /// against 10,700 with [`IDLE_AFTER`]. An idle replica is given no wait:
-/// its delivery starts at once.
+/// its delivery starts at once. The default is 10 ms: at 610/s its p99 was
+/// 97-109 ms in four runs, 5 ms gave 88-245 ms (five of nine within 150),
+/// and it sustained 1,373-1,459 sagas/s against 1,202-1,226.
 async fn gather(
     consumer: &mut Consumer,
     first: Delivery,
