@@ -245,7 +245,8 @@ async fn consume<H: Handler>(
     let permits = Arc::new(Semaphore::new(settings.worker.concurrency));
     let max_batch = settings.worker.max_batch;
     let batch_wait = settings.worker.batch_wait();
-    let mut last_batch = None;
+    // When this replica last started a batch.
+    let mut last_batch: Option<tokio::time::Instant> = None;
     let mut in_flight = JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -268,8 +269,7 @@ async fn consume<H: Handler>(
         // Deliveries come in bursts (each upstream relay publishes
         // batches), so between bursts the last batch has often ended.
         let busy = !in_flight.is_empty()
-            || last_batch
-                .is_some_and(|started: tokio::time::Instant| started.elapsed() < IDLE_AFTER);
+            || last_batch.is_some_and(|started| started.elapsed() < IDLE_AFTER);
         let wait = if busy { batch_wait } else { Duration::ZERO };
         let batch = gather(&mut consumer, first, max_batch, wait, &shutdown).await;
         last_batch = Some(tokio::time::Instant::now());
