@@ -8,13 +8,16 @@
 #   scripts/fleet.sh --keep-running           # leave the fleet up after the demo (Ctrl-C stops it)
 #   scripts/fleet.sh --fresh --orders 20000   # benchmark: start from an empty database and broker namespace
 #   scripts/fleet.sh --bin-dir /tmp/build-a   # run binaries built elsewhere (A/B comparisons), build nothing
+#   scripts/fleet.sh --idle-seconds 10        # after the demo, measure the idle fleet's CPU for 10 s
 #
-# Logs go to target/fleet-logs/<worker>-<n>.log. The exit code is loadgen's:
-# 0 when every order ended exactly once as the contract predicts.
+# Logs go to target/fleet-logs/<worker>-<n>.log, loadgen's JSON summary to
+# summary.json beside them, each replica's peak RSS (and idle CPU, when
+# measured) to replicas.json, and the idle measurement to idle.json. The exit code is loadgen's: 0 when every order
+# ended exactly once as the contract predicts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-transport=rabbitmq replicas=2 orders=2000 rate=0 keep=false fresh=false bin_dir= namespace=${FLEET__NAMESPACE:-fleet}
+transport=rabbitmq replicas=2 orders=2000 rate=0 keep=false fresh=false idle_seconds=0 bin_dir= namespace=${FLEET__NAMESPACE:-fleet}
 while [ $# -gt 0 ]; do
   case "$1" in
     --transport) transport=$2; shift 2 ;;
@@ -24,11 +27,13 @@ while [ $# -gt 0 ]; do
     --namespace) namespace=$2; shift 2 ;;
     --keep-running) keep=true; shift ;;
     --fresh) fresh=true; shift ;;
+    --idle-seconds) idle_seconds=$2; shift 2 ;;
     --bin-dir) bin_dir=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+[[ $idle_seconds =~ ^[0-9]+$ ]] || { echo "--idle-seconds takes whole seconds, not '$idle_seconds'" >&2; exit 2; }
 
 # shellcheck source=services.sh
 source scripts/services.sh >/dev/null
@@ -55,6 +60,11 @@ print(" ".join(q["name"] for q in json.load(sys.stdin) if q["name"].startswith(p
     curl -sf -X DELETE "$api/queues/%2f/$queue" >/dev/null
   done
   redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "$namespace:*" | xargs -r redis-cli -h 127.0.0.1 -p 6379 del >/dev/null
+  # Write back what earlier work (a build, the dropped database) left in
+  # the page cache now, not mid-run: the kernel flushes it in one burst
+  # that stalls every fsync behind it (a 460 MB flush after a release
+  # build cost one run's p99 a second of 290 ms on 2026-12-07).
+  sync
 fi
 
 # The fleet's own database; each worker owns a schema in it.
@@ -74,9 +84,35 @@ export TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1}
 
 logs=$target/fleet-logs
 mkdir -p "$logs"
-pids=()
+pids=() names=() idle_cpu=()
+# Peak RSS (VmHWM) of every replica, read while they still run.
+record_replicas() { # record_replicas [IDLE_CPU_SECONDS...]
+  local idle=("$@") i first=true
+  {
+    echo "["
+    for i in "${!pids[@]}"; do
+      local hwm
+      hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/${pids[$i]}/status" 2>/dev/null || true)
+      $first || echo ","
+      first=false
+      printf '  {"replica": "%s", "peak_rss_kib": %s, "idle_cpu_s_per_s": %s}' \
+        "${names[$i]}" "${hwm:-null}" "${idle[$i]:-null}"
+    done
+    echo
+    echo "]"
+  } >"$logs/replicas.json"
+}
+# CPU seconds (user + system) a process has used so far.
+cpu_seconds() {
+  awk -v hz="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); print ($12 + $13) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+# Busy and total jiffies of the whole machine, and its core count.
+machine_ticks() {
+  awk -v cores="$(nproc)" '/^cpu / {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8, cores}' /proc/stat
+}
 stop_fleet() {
   [ ${#pids[@]} -gt 0 ] || return 0
+  record_replicas "${idle_cpu[@]}"
   log "stopping ${#pids[@]} replicas (SIGTERM: drain, then exit 0)"
   kill -TERM "${pids[@]}" 2>/dev/null || true
   local failed=0
@@ -91,7 +127,7 @@ log "starting $replicas replicas of each worker on $transport, namespace $namesp
 for worker in order-worker inventory-worker payment-worker notification-worker; do
   for n in $(seq "$replicas"); do
     "$bin_dir/$worker" >"$logs/$worker-$n.log" 2>&1 &
-    pids+=($!)
+    pids+=($!) names+=("$worker-$n")
   done
 done
 for file in "$logs"/*-worker-*.log; do
@@ -108,6 +144,26 @@ echo "  ... (every replica logs its own port; RabbitMQ UI: http://127.0.0.1:1567
 log "loadgen: $orders orders${rate:+ at $rate/s}"
 status=0
 "$bin_dir/loadgen" --orders "$orders" --rate "$rate" --json | tee "$logs/summary.json" || status=$?
+
+if [ "$idle_seconds" -gt 0 ]; then
+  # Let the last acknowledgements and relay marks settle first.
+  sleep 2
+  before=()
+  for pid in "${pids[@]}"; do before+=("$(cpu_seconds "$pid")"); done
+  machine_before=$(machine_ticks)
+  sleep "$idle_seconds"
+  machine_after=$(machine_ticks)
+  for i in "${!pids[@]}"; do
+    idle_cpu+=("$(awk -v a="${before[$i]}" -v b="$(cpu_seconds "${pids[$i]}")" -v s="$idle_seconds" 'BEGIN {printf "%.4f", (b - a) / s}')")
+  done
+  replicas_cpu=$(printf '%s\n' "${idle_cpu[@]}" | awk '{t += $1} END {printf "%.4f", t}')
+  # Everything the machine did meanwhile: brokers and Postgres included.
+  machine_cores=$(awk -v a="$machine_before" -v b="$machine_after" 'BEGIN {
+    split(a, x); split(b, y); printf "%.3f", (y[1] - x[1]) / (y[2] - x[2]) * y[3] }')
+  printf '{"seconds": %s, "replicas_cpu_s_per_s": %s, "machine_busy_cores": %s}\n' \
+    "$idle_seconds" "$replicas_cpu" "$machine_cores" >"$logs/idle.json"
+  log "idle for $idle_seconds s: the ${#pids[@]} replicas used $replicas_cpu CPU-s per s; the whole machine $machine_cores busy cores"
+fi
 
 if $keep; then
   log "the fleet keeps running; Ctrl-C stops it"
