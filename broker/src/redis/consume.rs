@@ -38,8 +38,13 @@ use super::{Shared, is_no_group};
 use crate::backoff::reconnect_policy;
 use crate::{BrokerError, Consumer, Delivery, DeliveryInfo, Failure, Transport, WorkerTopology};
 
-/// How often the mover looks for due retries when nothing wakes it sooner.
-pub(super) const MOVER_INTERVAL: Duration = Duration::from_millis(200);
+/// The longest the mover sleeps. It sleeps until the earliest scheduled
+/// retry is due, and its own replica wakes it for every retry it schedules;
+/// this bound is for retries scheduled by other replicas after the mover
+/// went to sleep (their own movers normally take them, unless that replica
+/// died meanwhile). An idle replica runs the mover script once per bound,
+/// where a fixed 200 ms poll ran it five times a second.
+const MOVER_MAX_SLEEP: Duration = Duration::from_secs(1);
 
 /// Members the mover script takes per call: bounds how long one script
 /// blocks Redis.
@@ -436,13 +441,14 @@ async fn dead_letter_now(
 async fn move_retries(worker: Arc<WorkerContext>, close: CancellationToken) {
     let mut backoff = Reconnect::default();
     while !close.is_cancelled() {
-        match move_due(&worker).await {
-            Ok(moved) => {
+        let sleep = match move_due(&worker).await {
+            Ok(Moved { taken, next_due_in }) => {
                 backoff.reset();
-                if moved >= MOVER_BATCH {
+                if taken >= MOVER_BATCH {
                     // A full batch: more may be due right now.
                     continue;
                 }
+                next_due_in.map_or(MOVER_MAX_SLEEP, |wait| wait.min(MOVER_MAX_SLEEP))
             }
             Err(error) => {
                 warn!(schedule = %worker.schedule, %error, "moving due retries failed; retrying");
@@ -451,18 +457,27 @@ async fn move_retries(worker: Arc<WorkerContext>, close: CancellationToken) {
                 }
                 continue;
             }
-        }
+        };
         tokio::select! {
             () = close.cancelled() => break,
-            () = tokio::time::sleep(MOVER_INTERVAL) => {}
+            () = tokio::time::sleep(sleep) => {}
             () = worker.mover_wake.notified() => {}
         }
     }
     debug!(worker = %worker.topology.worker, "redis retry mover stopped");
 }
 
-/// One run of the mover script; returns how many members it took.
-async fn move_due(worker: &WorkerContext) -> Result<usize, BrokerError> {
+/// What one run of the mover script did.
+struct Moved {
+    /// Members moved to the retry stream (or dead-lettered as unreadable).
+    taken: usize,
+    /// How long until the earliest member left is due; `None` when the
+    /// schedule is empty.
+    next_due_in: Option<Duration>,
+}
+
+/// One run of the mover script.
+async fn move_due(worker: &WorkerContext) -> Result<Moved, BrokerError> {
     let shared = &worker.shared;
     let operation = format!("move due retries of {}", worker.schedule);
     let mut conn = shared.connection(&operation).await?;
@@ -475,8 +490,13 @@ async fn move_due(worker: &WorkerContext) -> Result<usize, BrokerError> {
         .arg(MOVER_BATCH)
         .arg(&worker.topology.worker)
         .arg(&shared.replica)
-        .invoke_async::<usize>(&mut *conn)
+        .invoke_async::<(usize, i64)>(&mut *conn)
         .await
+        .map(|(taken, wait_ms)| Moved {
+            taken,
+            // -1: nothing scheduled.
+            next_due_in: u64::try_from(wait_ms).ok().map(Duration::from_millis),
+        })
         .map_err(|error| BrokerError::redis(&operation, error))
 }
 

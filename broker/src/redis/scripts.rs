@@ -30,8 +30,10 @@ return due
 ///
 /// `KEYS[1]`: the schedule; `KEYS[2]`: the retry stream; `KEYS[3]`: the
 /// dead-letter stream. `ARGV[1]`: the batch limit; `ARGV[2]`: the worker;
-/// `ARGV[3]`: the replica running the mover. Returns how many members were
-/// taken.
+/// `ARGV[3]`: the replica running the mover. Returns `{taken, wait_ms}`:
+/// how many members were taken, and how long until the earliest member left
+/// is due by Redis's clock (0 if one is due already, -1 if none is left),
+/// so that the mover can sleep until then instead of polling.
 ///
 /// A member this script cannot read (nothing the fleet writes, but a sorted
 /// set is writable by anyone) would otherwise stay due forever and, a batch
@@ -91,7 +93,11 @@ for _, member in ipairs(due) do
   end
   redis.call('ZREM', KEYS[1], member)
 end
-return #due
+local next_due = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #next_due == 0 then
+  return {#due, -1}
+end
+return {#due, math.max(0, tonumber(next_due[2]) - now_ms)}
 ";
 
 /// The scripts, hashed once per broker.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use deadpool_redis::redis;
 
-use super::consume::{MOVER_INTERVAL, WorkerContext};
+use super::consume::WorkerContext;
 use super::fields::{ScheduledRetry, dead_letter_fields};
 use crate::{BrokerError, DeliveryInfo, Failure};
 
@@ -120,11 +120,9 @@ impl Settler {
                 ))
             })?;
         drop(conn);
-        // The mover polls every MOVER_INTERVAL; a retry due sooner than that
-        // wakes it instead of waiting for the tick.
-        if delay < MOVER_INTERVAL {
-            self.worker.mover_wake.notify_one();
-        }
+        // The mover sleeps until the earliest retry it knew of is due; this
+        // one may be due sooner.
+        self.worker.mover_wake.notify_one();
         self.xack().await
     }
 

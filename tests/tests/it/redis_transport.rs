@@ -501,3 +501,49 @@ async fn stop_drains_what_was_fetched_then_ends() {
     consumer.shutdown().await;
     cleanup(&mut conn, &ns).await;
 }
+
+#[tokio::test]
+async fn a_retry_left_by_a_stopped_replica_is_moved_by_another() {
+    // Each replica's mover sleeps until the earliest retry it knows of is
+    // due, and only its own replica wakes it early. A retry scheduled by a
+    // replica that then stops must still reach a replica whose mover went to
+    // sleep on an empty schedule before the retry existed.
+    let ns = namespace();
+    let settings = settings(&ns).await;
+    let mut conn = raw(&redis_url().await).await;
+    let slow_retry = WorkerTopology {
+        retry_delays: vec![Duration::from_millis(1500)],
+        ..topology("worker-a", 5)
+    };
+    let first = Broker::connect(&settings, "r-1").await.unwrap();
+    let mut stopping = first.consume(&slow_retry).await.unwrap();
+    first.publish_batch(&[event("e-1")]).await.unwrap();
+    let delivery = next(&mut stopping).await;
+
+    let second = Broker::connect(&settings, "r-2").await.unwrap();
+    let mut survivor = second.consume(&slow_retry).await.unwrap();
+    // Let the survivor's mover find the schedule empty and go to sleep.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    delivery
+        .retry(Duration::from_millis(1500), "database down")
+        .await
+        .unwrap();
+    stopping.shutdown().await;
+    let scheduled: u64 = redis::cmd("ZCARD")
+        .arg(format!("{ns}:retry:worker-a:scheduled"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(scheduled, 1, "the stopped replica moved its retry early");
+
+    let again = next(&mut survivor).await;
+    assert_eq!(again.body(), event("e-1").body.as_slice());
+    let info = again.info().clone();
+    assert_eq!(info.attempt, 2);
+    assert_eq!(info.previous_failure.unwrap().last_error, "database down");
+    again.ack().await.unwrap();
+
+    survivor.shutdown().await;
+    cleanup(&mut conn, &ns).await;
+}
