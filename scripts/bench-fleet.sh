@@ -62,7 +62,7 @@ foreign=$(curl -sf "$api/queues/%2f?columns=name" | python3 -c '
 import json, sys
 print(sum(not q["name"].startswith("fleet.") for q in json.load(sys.stdin)))' 2>/dev/null || echo unknown)
 if [ "$foreign" = unknown ]; then
-  echo "warning: could not list the broker's queues at $api (is the management plugin on?)" >&2
+  echo "warning: could not list the broker's queues at ${api#*@} (is the management plugin on?)" >&2
 elif [ "$foreign" != 0 ]; then
   echo "warning: $foreign queues of other namespaces are on the broker; they take its CPU and lower these figures (delete them, or wait for the tests' sweep)" >&2
 fi
