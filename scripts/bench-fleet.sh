@@ -58,9 +58,11 @@ mkdir -p "$results"
 # 665-730 an hour later without them (pgbench 1,537 against 2,141: not all
 # of that difference is theirs).
 api=${RABBITMQ_MANAGEMENT_URL:-http://guest:guest@127.0.0.1:15672}/api
+# fleet.sh runs the fleet in FLEET__NAMESPACE (default fleet).
 foreign=$(curl -sf "$api/queues/%2f?columns=name" | python3 -c '
 import json, sys
-print(sum(not q["name"].startswith("fleet.") for q in json.load(sys.stdin)))' 2>/dev/null || echo unknown)
+prefix = sys.argv[1] + "."
+print(sum(not q["name"].startswith(prefix) for q in json.load(sys.stdin)))' "${FLEET__NAMESPACE:-fleet}" 2>/dev/null || echo unknown)
 if [ "$foreign" = unknown ]; then
   echo "warning: could not list the broker's queues at ${api#*@} (is the management plugin on?)" >&2
 elif [ "$foreign" != 0 ]; then
