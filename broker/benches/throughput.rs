@@ -317,6 +317,7 @@ fn topology(settings: &Settings) -> WorkerTopology {
         event_types: vec![EVENT_TYPE.as_str().to_owned()],
         retry_delays: settings.retry.delays(),
         delivery_limit: settings.retry.max_attempts.max(2),
+        expires_after: None,
     }
 }
 

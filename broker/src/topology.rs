@@ -18,6 +18,13 @@ pub struct WorkerTopology {
     /// Redeliveries of one unacknowledged message (a consumer that crashes
     /// on it every time) before the broker dead-letters it by itself.
     pub delivery_limit: u32,
+    /// For a consumer that lives only as long as its process (loadgen's
+    /// observer): RabbitMQ deletes the topology's queues once they have gone
+    /// this long without a consumer, so a process killed before it could
+    /// clean up leaves no queue collecting events forever. `None` for the
+    /// fleet's workers, whose queues outlive every replica. Redis ignores
+    /// it: a consumer group holds no entries of its own.
+    pub expires_after: Option<Duration>,
 }
 
 impl WorkerTopology {
@@ -33,6 +40,7 @@ impl WorkerTopology {
                 .collect(),
             retry_delays: retry.delays(),
             delivery_limit: retry.max_attempts.max(2),
+            expires_after: None,
         }
     }
 }

@@ -101,6 +101,7 @@ async fn run(settings: &fleet_config::Settings) -> anyhow::Result<()> {
         event_types: vec!["stock.released".to_owned()],
         retry_delays: vec![Duration::from_secs(1)],
         delivery_limit: 5,
+        expires_after: None,
     };
     broker.declare_worker(&sink).await?;
     let options = RelayOptions::from(&settings.outbox);

@@ -17,6 +17,10 @@
 //! the same place by itself once a message exceeds its delivery limit (a
 //! consumer crashing on it every time), at-least-once.
 //!
+//! A topology with `expires_after` (loadgen's observer) gives each of its
+//! queues that queue TTL (`x-expires`): killed before it deletes them, its
+//! process leaves nothing that collects events for good.
+//!
 //! Publishing is `mandatory` (for types a worker consumes) with confirms,
 //! and an unroutable message comes back before its ack; AMQP gives a return
 //! no delivery tag, and the ack of another publish may come in between

@@ -43,6 +43,7 @@ pub(crate) async fn declare_worker(
     // Dead letters first: the worker queue dead-letters into it.
     let mut dlq_arguments = FieldTable::default();
     dlq_arguments.insert("x-queue-type".into(), text("classic"));
+    expire(&mut dlq_arguments, topology);
     queue(channel, &dlq, dlq_arguments).await?;
     bind(channel, &dlq, &retry_exchange, DEAD_KEY).await?;
 
@@ -51,6 +52,7 @@ pub(crate) async fn declare_worker(
         "x-delivery-limit".into(),
         AMQPValue::LongInt(i32::try_from(topology.delivery_limit).unwrap_or(i32::MAX)),
     );
+    expire(&mut arguments, topology);
     queue(channel, &queue_name, arguments).await?;
     for event_type in &topology.event_types {
         bind(channel, &queue_name, &events, event_type).await?;
@@ -64,6 +66,7 @@ pub(crate) async fn declare_worker(
             "x-message-ttl".into(),
             AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
         );
+        expire(&mut arguments, topology);
         queue(channel, &tier, arguments).await?;
         bind(channel, &tier, &retry_exchange, &tier_key(*delay)).await?;
     }
@@ -113,6 +116,18 @@ fn quorum_dead_lettering(exchange: &str, routing_key: &str) -> FieldTable {
     // Required by at-least-once dead-lettering.
     arguments.insert("x-overflow".into(), text("reject-publish"));
     arguments
+}
+
+/// Queue TTL (`x-expires`): the broker deletes the queue once it has had no
+/// consumer (and no redeclare) for that long.
+fn expire(arguments: &mut FieldTable, topology: &WorkerTopology) {
+    if let Some(after) = topology.expires_after {
+        arguments.insert(
+            "x-expires".into(),
+            // At least 1 ms: the broker refuses 0.
+            AMQPValue::LongLongInt(i64::try_from(after.as_millis().max(1)).unwrap_or(i64::MAX)),
+        );
+    }
 }
 
 fn text(value: &str) -> AMQPValue {

@@ -79,6 +79,7 @@ fn topology(worker: &str, event_types: &[&str]) -> WorkerTopology {
         event_types: event_types.iter().map(|t| (*t).to_owned()).collect(),
         retry_delays: vec![Duration::from_millis(200), Duration::from_millis(400)],
         delivery_limit: 5,
+        expires_after: None,
     }
 }
 
@@ -681,4 +682,85 @@ async fn rabbitmq_outcomes_of_concurrent_batches_belong_to_their_own_messages() 
         delivery.ack().await.unwrap();
     }
     assert_eq!(received, routed, "every confirmed message was delivered");
+}
+
+/// A consumer that lives only as long as its process (loadgen's observer)
+/// declares its topology with `expires_after`. Killed before it can delete
+/// its queues, it must not leave an input queue that collects every event
+/// of its types for good: the broker removes all of its queues once they
+/// have gone that long without a consumer, and never while it consumes.
+#[tokio::test]
+async fn rabbitmq_an_observers_queues_expire_once_it_is_gone() {
+    let fixture = Fixture::new("rabbitmq").await;
+    let mut observer = topology("observer-worker", &["order.placed"]);
+    let expiry = Duration::from_millis(1500);
+    observer.expires_after = Some(expiry);
+    let (broker, mut consumer) = fixture.consumer("observer", &observer).await;
+
+    // Consuming keeps the input queue past its expiry: order.placed is
+    // published mandatory, so a missing queue would make it unroutable.
+    tokio::time::sleep(expiry * 2).await;
+    let first = message("order.placed", 1);
+    publish(&broker, std::slice::from_ref(&first)).await;
+    let delivery = next(&mut consumer).await;
+    assert_eq!(id_of(&delivery), first.id);
+    delivery.ack().await.unwrap();
+
+    // Gone without cleaning up, as after a kill: no consumer from here on.
+    consumer.shutdown().await;
+    let namespace = &fixture.ctx.namespace;
+    let mut queues = vec![
+        fleet_messages::names::worker_queue(namespace, &observer.worker),
+        fleet_messages::names::dead_letter_queue(namespace, &observer.worker),
+    ];
+    for delay in &observer.retry_delays {
+        queues.push(fleet_messages::names::retry_queue(
+            namespace,
+            &observer.worker,
+            *delay,
+        ));
+    }
+    let connection = lapin::Connection::connect(
+        &fixture.ctx.amqp_url,
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut left = Vec::new();
+        for queue in &queues {
+            // A passive declare of a missing queue closes its channel.
+            let channel = connection.create_channel().await.unwrap();
+            let declared = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await;
+            if declared.is_ok() {
+                left.push(queue.clone());
+                channel.close(200, "done".into()).await.ok();
+            }
+        }
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still there {WAIT:?} after the observer went: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let second = message("order.placed", 2);
+    let outcomes = broker
+        .publish_batch(std::slice::from_ref(&second))
+        .await
+        .unwrap();
+    assert_eq!(outcomes, vec![PublishOutcome::Unroutable]);
+    connection.close(200, "done".into()).await.ok();
 }

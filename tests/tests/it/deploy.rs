@@ -1451,6 +1451,7 @@ fn loadgen_dlq_tool_keda_and_admin_users_have_just_their_rights() {
         event_types: Vec::new(),
         retry_delays: vec![Duration::from_secs(1)],
         delivery_limit: 5,
+        expires_after: None,
     };
     for (access, name, why) in required_for_consumer(&namespace, &observer) {
         loadgen.require(access, &name, why, &mut failures);

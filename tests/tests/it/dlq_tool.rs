@@ -178,6 +178,7 @@ fn topology(worker: &str) -> WorkerTopology {
         event_types: vec![TYPE.to_owned()],
         retry_delays: vec![Duration::from_millis(200)],
         delivery_limit: 5,
+        expires_after: None,
     }
 }
 

@@ -486,6 +486,7 @@ async fn a_duplicate_storm_changes_nothing(transport: &'static str) {
                 .collect(),
             retry_delays: vec![Duration::from_secs(1)],
             delivery_limit: 5,
+            expires_after: None,
         };
         let mut consumer = broker.consume(&topology).await.unwrap();
         tokio::spawn(async move {

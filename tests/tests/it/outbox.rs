@@ -81,6 +81,7 @@ impl Fixture {
             event_types: vec![EVENT_TYPE.to_owned()],
             retry_delays: vec![Duration::from_secs(1)],
             delivery_limit: 5,
+            expires_after: None,
         };
         broker.consume(&topology).await.unwrap()
     }

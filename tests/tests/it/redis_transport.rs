@@ -47,6 +47,7 @@ fn topology(worker: &str, delivery_limit: u32) -> WorkerTopology {
         event_types: vec!["order.placed".to_owned()],
         retry_delays: vec![Duration::from_millis(50), Duration::from_millis(300)],
         delivery_limit,
+        expires_after: None,
     }
 }
 

@@ -56,6 +56,12 @@ const OBSERVED: [EventType; 4] = [
     EventType::OrderRejected,
     EventType::NotificationSent,
 ];
+/// How long the observer's queues outlive their consumer. loadgen deletes
+/// them when it ends; this is for when it is killed first: its queue would
+/// otherwise collect every terminal event of the namespace, in the broker's
+/// memory, for good. Long enough to ride out a reconnect (the backoff tops
+/// out at 10 s), short enough that a dead run's backlog stays small.
+const OBSERVER_EXPIRY: Duration = Duration::from_secs(60);
 /// How long to keep observing after every saga ended, to catch late doubles.
 const GRACE: Duration = Duration::from_secs(1);
 /// Longest wait for already fetched deliveries when stopping.
@@ -166,6 +172,7 @@ async fn execute(
         event_types: OBSERVED.iter().map(|t| t.as_str().to_owned()).collect(),
         retry_delays: vec![Duration::from_secs(1)],
         delivery_limit: 5,
+        expires_after: Some(OBSERVER_EXPIRY),
     };
     let mut consumer = broker
         .consume(&topology)
