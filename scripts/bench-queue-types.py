@@ -14,10 +14,11 @@ consumed with prefetch 200 and a `multiple` ack every 50 (like the fleet's
 batches), at a fixed rate, reading the broker's CPU time from
 /proc/<beam.smp>/stat. Each message carries its publish time, so the
 consumer also gives the time from publish to delivery (p50, p99): a hop
-of the saga waits that long on top of the relay and the worker. The publisher is a plain channel so that the client's
-round trips do not pace the run; the rate is the same for every type, so
-the broker's CPU per message is comparable. Run it on an idle machine, on
-the same host as the broker (it reads the broker's /proc entry).
+of the saga waits that long on top of the relay and the worker. The
+publisher is a plain channel so that the client's round trips do not pace
+the run; the rate is the same for every type, so the broker's CPU per
+message is comparable. Run it on an idle machine, on the same host as the
+broker (it reads the broker's /proc entry).
 
 Types: quorum (the fleet's worker queues), classic (durable; version 1 on
 RabbitMQ 3.x), classic-v2 (durable, `x-queue-version: 2`, the only classic
