@@ -5,11 +5,15 @@
 #   scripts/bench-fleet.sh                          # RabbitMQ, 1 replica per worker, 3 runs each
 #   scripts/bench-fleet.sh --transport redis --runs 5
 #   scripts/bench-fleet.sh --replicas 2 --bin-dir /tmp/build-a
+#   scripts/bench-fleet.sh --settle 0                # start loadgen as soon as the replicas are up
 #
 # 1. pgbench: `scripts/bench-pgbench.sh 8 15`, the database's ceiling for one
 #    worker transaction (inbox insert, state upsert, outbox insert).
 # 2. Sustained: --runs runs of `scripts/fleet.sh --fresh` with --orders
 #    orders as fast as loadgen can publish; sagas/s and each replica's peak RSS.
+#    Each run lets the started fleet idle --settle seconds (default 10)
+#    before loadgen starts: the figures are the running fleet's, not its
+#    start's (see docs/benchmarks.md).
 # 3. Half rate: --runs paced runs at half the median sustained rate; saga
 #    latency p50 and p99.
 # 4. Idle: after the last paced run, the fleet's CPU over 30 s with nothing
@@ -22,21 +26,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-transport=rabbitmq runs=3 replicas=1 orders=20000 bin_dir=
+transport=rabbitmq runs=3 replicas=1 orders=20000 settle=10 bin_dir=
 while [ $# -gt 0 ]; do
   case "$1" in
     --transport) transport=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --replicas) replicas=$2; shift 2 ;;
     --orders) orders=$2; shift 2 ;;
+    --settle) settle=$2; shift 2 ;;
     --bin-dir) bin_dir=$2; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 for number in runs replicas orders; do
   [[ ${!number} =~ ^[1-9][0-9]*$ ]] || { echo "--$number takes a whole number ≥ 1, not '${!number}'" >&2; exit 2; }
 done
+[[ $settle =~ ^[0-9]+$ ]] || { echo "--settle takes whole seconds, not '$settle'" >&2; exit 2; }
 
 # shellcheck source=services.sh
 source scripts/services.sh >/dev/null
@@ -77,7 +83,7 @@ fleet() { # fleet NAME [fleet.sh options...]
   local status=0
   rm -f "$logs/summary.json" "$logs/replicas.json"
   scripts/fleet.sh --fresh --bin-dir "$bin_dir" --transport "$transport" \
-    --replicas "$replicas" --orders "$orders" "$@" >"$results/$name.log" 2>&1 || status=$?
+    --replicas "$replicas" --orders "$orders" --settle "$settle" "$@" >"$results/$name.log" 2>&1 || status=$?
   if [ ! -s "$logs/summary.json" ] || [ ! -s "$logs/replicas.json" ]; then
     echo "$name: the fleet run ended without a summary (exit $status); see $results/$name.log" >&2
     exit 1
@@ -113,9 +119,9 @@ for n in $(seq "$runs"); do
 done
 cp "$logs/idle.json" "$results/idle.json"
 
-python3 - "$results" "$runs" "$transport" "$replicas" "$orders" "$half" "$logs/bench-fleet.json" <<'PY'
+python3 - "$results" "$runs" "$transport" "$replicas" "$orders" "$half" "$settle" "$logs/bench-fleet.json" <<'PY'
 import json, re, statistics, sys
-results, runs, transport, replicas, orders, half, out = sys.argv[1:]
+results, runs, transport, replicas, orders, half, settle, out = sys.argv[1:]
 runs = int(runs)
 load = lambda name: json.load(open(f"{results}/{name}"))
 sustained = [load(f"sustained-{n}.summary.json") for n in range(1, runs + 1)]
@@ -128,6 +134,7 @@ rates = [s["sagas_per_s"] for s in sustained]
 p99s = [s["latency_ms"]["p99"] for s in paced]
 report = {
     "transport": transport, "replicas_per_worker": int(replicas), "orders": int(orders),
+    "settle_s": int(settle),
     "pgbench_tps": float(tps[0]) if tps else None,
     "sustained_sagas_per_s": rates,
     "half_rate": int(half),
@@ -157,7 +164,7 @@ rows = [
     ("every order ended exactly once", "yes" if report["every_order_exactly_once"] else "NO", ""),
 ]
 width = max(len(r[0]) for r in rows)
-print(f"\n{transport}, {replicas} replica(s) per worker, {runs} run(s) each")
+print(f"\n{transport}, {replicas} replica(s) per worker, {runs} run(s) each, {settle} s idle before each load")
 for name, figure, target in rows:
     print(f"  {name:<{width}}  {figure}{'   (' + target + ')' if target else ''}")
 print(f"  (JSON: {out}; per-run logs and summaries: {results})")

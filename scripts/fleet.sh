@@ -9,6 +9,7 @@
 #   scripts/fleet.sh --fresh --orders 20000   # benchmark: start from an empty database and broker namespace
 #   scripts/fleet.sh --bin-dir /tmp/build-a   # run binaries built elsewhere (A/B comparisons), build nothing
 #   scripts/fleet.sh --idle-seconds 10        # after the demo, measure the idle fleet's CPU for 10 s
+#   scripts/fleet.sh --settle 10              # let the started fleet run idle 10 s before loadgen starts
 #
 # Logs go to target/fleet-logs/<worker>-<n>.log, loadgen's JSON summary to
 # summary.json beside them, each replica's peak RSS (and idle CPU, when
@@ -17,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-transport=rabbitmq replicas=2 orders=2000 rate=0 keep=false fresh=false idle_seconds=0 bin_dir= namespace=${FLEET__NAMESPACE:-fleet}
+transport=rabbitmq replicas=2 orders=2000 rate=0 keep=false fresh=false idle_seconds=0 settle=0 bin_dir= namespace=${FLEET__NAMESPACE:-fleet}
 while [ $# -gt 0 ]; do
   case "$1" in
     --transport) transport=$2; shift 2 ;;
@@ -28,12 +29,14 @@ while [ $# -gt 0 ]; do
     --keep-running) keep=true; shift ;;
     --fresh) fresh=true; shift ;;
     --idle-seconds) idle_seconds=$2; shift 2 ;;
+    --settle) settle=$2; shift 2 ;;
     --bin-dir) bin_dir=$2; shift 2 ;;
     -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ $idle_seconds =~ ^[0-9]+$ ]] || { echo "--idle-seconds takes whole seconds, not '$idle_seconds'" >&2; exit 2; }
+[[ $settle =~ ^[0-9]+$ ]] || { echo "--settle takes whole seconds, not '$settle'" >&2; exit 2; }
 
 # shellcheck source=services.sh
 source scripts/services.sh >/dev/null
@@ -141,6 +144,14 @@ done
 grep -ho 'http=[0-9.:]*' "$logs"/*-worker-*.log | sed 's/http=/  metrics and probes: http:\/\//' | sort -u | head -n 4 || true
 echo "  ... (every replica logs its own port; RabbitMQ UI: http://127.0.0.1:15672, guest/guest)"
 
+if [ "$settle" -gt 0 ]; then
+  # A benchmark measures the running fleet, not its start: replicas that
+  # have just logged "worker started" share the machine with what --fresh
+  # and their own start left behind (a dropped database's files, quorum
+  # queues just deleted and declared, pools still opening connections).
+  log "letting the fleet run idle for $settle s before the load"
+  sleep "$settle"
+fi
 log "loadgen: $orders orders${rate:+ at $rate/s}"
 status=0
 "$bin_dir/loadgen" --orders "$orders" --rate "$rate" --json | tee "$logs/summary.json" || status=$?
