@@ -37,11 +37,13 @@ impl BrokerError {
     pub(crate) fn rabbitmq(operation: &str, error: lapin::Error) -> Self {
         use lapin::ErrorKind;
         match error.kind() {
-            ErrorKind::ProtocolError(protocol) => BrokerError::Refused {
-                transport: "rabbitmq",
-                operation: operation.to_owned(),
-                reason: protocol.to_string(),
-            },
+            ErrorKind::ProtocolError(protocol) if !is_broker_side_fault(protocol) => {
+                BrokerError::Refused {
+                    transport: "rabbitmq",
+                    operation: operation.to_owned(),
+                    reason: protocol.to_string(),
+                }
+            }
             _ => BrokerError::Unavailable {
                 transport: "rabbitmq",
                 reason: format!("{operation}: {error}"),
@@ -65,6 +67,68 @@ impl BrokerError {
                 operation: operation.to_owned(),
                 reason: error.to_string(),
             }
+        }
+    }
+}
+
+/// AMQP errors in which the broker, not the request, is at fault, so the
+/// same request may succeed later on a new connection: `INTERNAL_ERROR`
+/// (RabbitMQ answers a quorum queue declaration with it when the queue's
+/// Raft cluster did not start in time, as on a broker busy with hundreds of
+/// queues) and `CONNECTION_FORCED` (an operator or a node shutting down
+/// closed the connection). Every other protocol error names something
+/// wrong with the request (a topology conflict, a missing queue, access)
+/// that retrying will not fix.
+fn is_broker_side_fault(error: &lapin::protocol::AMQPError) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPHardError};
+    matches!(
+        error.kind(),
+        AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR | AMQPHardError::CONNECTIONFORCED)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError, AMQPSoftError};
+
+    use super::BrokerError;
+
+    fn from_protocol(kind: AMQPErrorKind) -> BrokerError {
+        let error = lapin::Error::from(lapin::ErrorKind::ProtocolError(AMQPError::new(
+            kind,
+            "from the broker".into(),
+        )));
+        BrokerError::rabbitmq("declaring queue q", error)
+    }
+
+    #[test]
+    fn a_broker_side_fault_is_transient() {
+        for kind in [
+            AMQPHardError::INTERNALERROR,
+            AMQPHardError::CONNECTIONFORCED,
+        ] {
+            let error = from_protocol(AMQPErrorKind::Hard(kind.clone()));
+            assert!(error.is_transient(), "{kind:?}: {error}");
+            assert!(matches!(error, BrokerError::Unavailable { .. }), "{error}");
+            assert!(error.to_string().contains("declaring queue q"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_fault_in_the_request_is_refused() {
+        for kind in [
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED),
+            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND),
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED),
+            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED),
+            AMQPErrorKind::Hard(AMQPHardError::COMMANDINVALID),
+        ] {
+            let error = from_protocol(kind.clone());
+            assert!(!error.is_transient(), "{kind:?}: {error}");
+            assert!(
+                error.to_string().contains("refused declaring queue q"),
+                "{error}"
+            );
         }
     }
 }

@@ -104,13 +104,21 @@ pub async fn start<H: Handler>(
         .notify(|error, delay| warn!(%error, ?delay, "broker not reachable yet; retrying"))
         .await
         .with_context(|| format!("connecting to {}", settings.transport))?;
-    broker
-        .declare_events()
+    // A broker that is up may still fail a declaration for a while (a
+    // quorum queue whose Raft cluster did not start in time comes back as
+    // INTERNAL_ERROR): wait for that too. A conflicting topology is
+    // refused, not transient, and fails the start at once.
+    (|| broker.declare_events())
+        .retry(startup_backoff())
+        .when(fleet_broker::BrokerError::is_transient)
+        .notify(|error, delay| warn!(%error, ?delay, "cannot declare the events exchange yet; retrying"))
         .await
         .context("declaring the events exchange")?;
     let topology = WorkerTopology::for_worker(H::WORKER, &settings.retry);
-    let consumer = broker
-        .consume(&topology)
+    let consumer = (|| broker.consume(&topology))
+        .retry(startup_backoff())
+        .when(fleet_broker::BrokerError::is_transient)
+        .notify(|error, delay| warn!(%error, ?delay, "cannot start consuming yet; retrying"))
         .await
         .with_context(|| format!("consuming as {worker}"))?;
 
