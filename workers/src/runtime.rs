@@ -106,21 +106,20 @@ pub async fn start<H: Handler>(
         .with_context(|| format!("connecting to {}", settings.transport))?;
     // A broker that is up may still fail a declaration for a while (a
     // quorum queue whose Raft cluster did not start in time comes back as
-    // INTERNAL_ERROR): wait for that too. A conflicting topology is
-    // refused, not transient, and fails the start at once.
-    (|| broker.declare_events())
-        .retry(startup_backoff())
-        .when(fleet_broker::BrokerError::is_transient)
-        .notify(|error, delay| warn!(%error, ?delay, "cannot declare the events exchange yet; retrying"))
-        .await
-        .context("declaring the events exchange")?;
+    // INTERNAL_ERROR): wait for that too, with the same backoff. A
+    // conflicting topology is refused, not transient, and fails the start
+    // at once. Both declarations are idempotent, so a retry redoes them
+    // together, in one budget rather than one each.
     let topology = WorkerTopology::for_worker(H::WORKER, &settings.retry);
-    let consumer = (|| broker.consume(&topology))
-        .retry(startup_backoff())
-        .when(fleet_broker::BrokerError::is_transient)
-        .notify(|error, delay| warn!(%error, ?delay, "cannot start consuming yet; retrying"))
-        .await
-        .with_context(|| format!("consuming as {worker}"))?;
+    let consumer = (|| async {
+        broker.declare_events().await?;
+        broker.consume(&topology).await
+    })
+    .retry(startup_backoff())
+    .when(fleet_broker::BrokerError::is_transient)
+    .notify(|error, delay| warn!(%error, ?delay, "cannot declare the topology yet; retrying"))
+    .await
+    .with_context(|| format!("declaring the topology of {worker} and consuming"))?;
 
     let shutdown = CancellationToken::new();
     let relay = Relay::new(
