@@ -143,6 +143,16 @@ impl Source {
         }
     }
 
+    /// Cancels the consumer, if it still runs, without taking what it
+    /// received: those deliveries stay unacknowledged, for `give_back`.
+    async fn stop(&mut self, channel: &Channel) {
+        if self.consumer.take().is_some() {
+            let _ = channel
+                .basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default())
+                .await;
+        }
+    }
+
     /// Cancels the consumer; what it had received already goes to the
     /// backlog, to be taken first, in order.
     async fn switch_to_get(&mut self, channel: &Channel) {
@@ -183,12 +193,10 @@ impl RabbitMqBroker {
             let depth = depth(&connection, config, worker).await?;
             let channel = plain_channel(&connection).await?;
             let mut seen = 0u64;
-            let mut last_tag = None;
             while seen < depth {
                 let Some(message) = get(&channel, &queue).await? else {
                     break;
                 };
-                last_tag = Some(message.delivery.delivery_tag);
                 let position = usize::try_from(seen).unwrap_or(usize::MAX);
                 seen += 1;
                 let letter = dead_letters::dead_letter(position, &message.delivery, worker);
@@ -196,10 +204,10 @@ impl RabbitMqBroker {
                     break;
                 }
             }
-            if let Some(tag) = last_tag {
+            if seen > 0 {
                 // A replay usually follows a browse at once: it must find
                 // them all back in place.
-                dead_letters::give_back(&channel, &queue, tag, seen).await?;
+                dead_letters::give_back(&channel, &queue, seen).await?;
             }
             Ok(BrowseSummary {
                 seen,
@@ -254,7 +262,6 @@ impl RabbitMqBroker {
             let started = Instant::now();
             let mut fetched = 0u64;
             let mut taken = 0u64;
-            let mut last_tag = None;
             while remaining > 0 && fetched < depth {
                 if let (Some(watch), Some(threshold)) = (watch.as_mut(), threshold) {
                     report.redead += count_redead(watch, &wanted);
@@ -285,7 +292,6 @@ impl RabbitMqBroker {
                     }
                 };
                 fetched += 1;
-                last_tag = last_tag.max(Some(delivery.delivery_tag));
                 let letter = dead_letters::dead_letter(0, &delivery, worker);
                 match wanted.get_mut(letter.id.as_str()) {
                     Some(count) if *count > 0 => *count -= 1,
@@ -356,14 +362,15 @@ impl RabbitMqBroker {
                 report.missing = remaining;
             }
             progress(&report);
-            // The unselected and the unconfirmed go back in place before
-            // this returns (see `give_back`); a channel broken by an error
-            // leaves that to the connection's close.
-            if let Some(tag) = last_tag
-                && report.aborted.is_none()
-            {
+            // The unselected, the unconfirmed and whatever the consumer
+            // still holds go back in place before this returns (see
+            // `give_back`); a channel broken by an error leaves that to the
+            // connection's close.
+            if fetched > 0 && report.aborted.is_none() {
+                // A consumer left running would take them straight back.
+                source.stop(&channel).await;
                 let left = depth.saturating_sub(report.replayed);
-                if let Err(error) = dead_letters::give_back(&channel, &queue, tag, left).await {
+                if let Err(error) = dead_letters::give_back(&channel, &queue, left).await {
                     // What was done is done and reported; the close returns them.
                     tracing::warn!(%error, "returning the unselected dead letters");
                 }

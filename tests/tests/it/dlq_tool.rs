@@ -37,6 +37,7 @@ on_both_transports!(
     killed_mid_replay_loses_nothing,
     a_sparse_selection_is_replayed_in_place,
     reads_put_the_dead_letters_back_before_they_return,
+    a_replay_hands_back_the_rest_before_it_exits,
 );
 
 // ----------------------------------------------------------------- helpers
@@ -866,6 +867,48 @@ async fn a_sparse_selection_is_replayed_in_place(transport: &'static str) {
     let received = drain(&broker, WORKER, Duration::from_secs(2)).await;
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].0, last);
+}
+
+/// A replay hands back every dead letter it fetched but did not take,
+/// itself and before it exits, whichever letter it took: the first (its
+/// consumer still holds a window of the others) or the last it fetched (so
+/// acknowledged before the hand-back). The next command finds the rest in
+/// place and in order, and nothing was left for the connection's close to
+/// return (that would be logged as a warning).
+async fn a_replay_hands_back_the_rest_before_it_exits(transport: &'static str) {
+    // More than a replay's consumer window (1,000 on RabbitMQ).
+    const COUNT: usize = 1200;
+    let fixture = Fixture::new(transport).await;
+    populate_many(&fixture, COUNT).await;
+    let broker = fixture.broker("check").await;
+    let mut expected = dead_letter_ids(&broker).await;
+    assert_eq!(expected.len(), COUNT);
+    for position in ["first", "last"] {
+        let id = match position {
+            "first" => expected.remove(0),
+            _ => expected.pop().unwrap(),
+        };
+        let output = fixture
+            .run(&["replay", WORKER, "--id", &id, "--json"])
+            .await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "the {position}: {stderr}");
+        assert_eq!(parse(&output)["replayed"], 1, "the {position}");
+        assert!(
+            !stderr.contains("WARN"),
+            "replaying the {position} left a warning: {stderr}"
+        );
+        assert_eq!(
+            broker.dead_letter_depth(WORKER).await.unwrap(),
+            expected.len() as u64,
+            "counted right after replaying the {position}"
+        );
+        assert_eq!(
+            dead_letter_ids(&broker).await,
+            expected,
+            "the rest, in order, after replaying the {position}"
+        );
+    }
 }
 
 /// Reads fetch dead letters without removing them; each must have them back
