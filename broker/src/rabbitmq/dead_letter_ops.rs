@@ -143,14 +143,10 @@ impl Source {
         }
     }
 
-    /// Cancels the consumer, if it still runs, without taking what it
-    /// received: those deliveries stay unacknowledged, for `give_back`.
-    async fn stop(&mut self, channel: &Channel) {
-        if self.consumer.take().is_some() {
-            let _ = channel
-                .basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default())
-                .await;
-        }
+    /// The tag of the last delivery waiting in the backlog (fetched ahead,
+    /// never handed out, so unacknowledged).
+    fn last_tag(&self) -> Option<u64> {
+        self.backlog.back().map(|delivery| delivery.delivery_tag)
     }
 
     /// Cancels the consumer; what it had received already goes to the
@@ -193,10 +189,12 @@ impl RabbitMqBroker {
             let depth = depth(&connection, config, worker).await?;
             let channel = plain_channel(&connection).await?;
             let mut seen = 0u64;
+            let mut last_tag = None;
             while seen < depth {
                 let Some(message) = get(&channel, &queue).await? else {
                     break;
                 };
+                last_tag = Some(message.delivery.delivery_tag);
                 let position = usize::try_from(seen).unwrap_or(usize::MAX);
                 seen += 1;
                 let letter = dead_letters::dead_letter(position, &message.delivery, worker);
@@ -204,10 +202,10 @@ impl RabbitMqBroker {
                     break;
                 }
             }
-            if seen > 0 {
+            if let Some(tag) = last_tag {
                 // A replay usually follows a browse at once: it must find
                 // them all back in place.
-                dead_letters::give_back(&channel, &queue, seen).await?;
+                dead_letters::give_back(&channel, &queue, tag, seen).await?;
             }
             Ok(BrowseSummary {
                 seen,
@@ -262,6 +260,12 @@ impl RabbitMqBroker {
             let started = Instant::now();
             let mut fetched = 0u64;
             let mut taken = 0u64;
+            // The highest delivery tag left unacknowledged: `give_back`
+            // names it. Not simply the last fetched, which may have been
+            // taken (acknowledged): RabbitMQ refuses a nack of an unknown tag
+            // and closes the channel, and the rest would go back only when
+            // the connection closes, after this returned.
+            let mut held_tag = None;
             while remaining > 0 && fetched < depth {
                 if let (Some(watch), Some(threshold)) = (watch.as_mut(), threshold) {
                     report.redead += count_redead(watch, &wanted);
@@ -274,7 +278,9 @@ impl RabbitMqBroker {
                     // Paced: confirms are long in by the next turn, so settle
                     // them now rather than leave replayed dead letters
                     // unremoved (a kill would duplicate them) for a window.
-                    if let Err(error) = settle(&channel, &mut pending, config, &mut report).await {
+                    if let Err(error) =
+                        settle(&channel, &mut pending, config, &mut report, &mut held_tag).await
+                    {
                         report.aborted = Some(error.to_string());
                     }
                     if report.aborted.is_some() {
@@ -296,8 +302,9 @@ impl RabbitMqBroker {
                 match wanted.get_mut(letter.id.as_str()) {
                     Some(count) if *count > 0 => *count -= 1,
                     // Not selected: it stays unacknowledged, and goes back
-                    // to its place when the connection closes.
+                    // to its place at the end (`give_back`).
                     _ => {
+                        held_tag = held_tag.max(Some(delivery.delivery_tag));
                         source.hold(&channel).await;
                         continue;
                     }
@@ -346,7 +353,8 @@ impl RabbitMqBroker {
                     }
                 }
                 if pending.len() >= CONFIRM_WINDOW
-                    && let Err(error) = settle(&channel, &mut pending, config, &mut report).await
+                    && let Err(error) =
+                        settle(&channel, &mut pending, config, &mut report, &mut held_tag).await
                 {
                     report.aborted = Some(error.to_string());
                 }
@@ -355,7 +363,9 @@ impl RabbitMqBroker {
                 }
                 progress(&report);
             }
-            if let Err(error) = settle(&channel, &mut pending, config, &mut report).await {
+            if let Err(error) =
+                settle(&channel, &mut pending, config, &mut report, &mut held_tag).await
+            {
                 report.aborted.get_or_insert(error.to_string());
             }
             if report.aborted.is_none() && !report.stopped_early {
@@ -363,14 +373,20 @@ impl RabbitMqBroker {
             }
             progress(&report);
             // The unselected, the unconfirmed and whatever the consumer
-            // still holds go back in place before this returns (see
+            // fetched ahead go back in place before this returns (see
             // `give_back`); a channel broken by an error leaves that to the
             // connection's close.
-            if fetched > 0 && report.aborted.is_none() {
-                // A consumer left running would take them straight back.
-                source.stop(&channel).await;
+            if report.aborted.is_none() {
+                // A consumer left running would take them straight back;
+                // what it fetched ahead is held too.
+                source.switch_to_get(&channel).await;
+                held_tag = held_tag.max(source.last_tag());
+            }
+            if let Some(tag) = held_tag
+                && report.aborted.is_none()
+            {
                 let left = depth.saturating_sub(report.replayed);
-                if let Err(error) = dead_letters::give_back(&channel, &queue, left).await {
+                if let Err(error) = dead_letters::give_back(&channel, &queue, tag, left).await {
                     // What was done is done and reported; the close returns them.
                     tracing::warn!(%error, "returning the unselected dead letters");
                 }
@@ -448,6 +464,7 @@ async fn settle(
     pending: &mut VecDeque<Pending>,
     config: &super::ConnectionConfig,
     report: &mut ReplayReport,
+    held_tag: &mut Option<u64>,
 ) -> Result<(), BrokerError> {
     let group: Vec<Pending> = pending.drain(..).collect();
     let mut confirmations = Vec::with_capacity(group.len());
@@ -464,6 +481,10 @@ async fn settle(
         .collect();
     let outcomes = group_outcomes(&ids, confirmations);
     for ((tag, id, _), outcome) in settled.iter().zip(outcomes) {
+        if !matches!(outcome, PublishOutcome::Confirmed) {
+            // Not acknowledged: it stays, for `give_back`.
+            *held_tag = (*held_tag).max(Some(*tag));
+        }
         match outcome {
             PublishOutcome::Confirmed => {
                 ack(channel, *tag).await?;

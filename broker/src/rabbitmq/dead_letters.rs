@@ -26,19 +26,21 @@ pub(crate) async fn peek(
             .await
             .map_err(|error| BrokerError::rabbitmq("opening a channel", error))?;
         let mut letters = Vec::new();
+        let mut last_tag = None;
         while letters.len() < limit {
             let message = channel
                 .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
                 .await
                 .map_err(|error| not_found_or(error, &queue))?;
             let Some(message) = message else { break };
+            last_tag = Some(message.delivery.delivery_tag);
             letters.push(dead_letter(letters.len(), &message.delivery, worker));
         }
-        if !letters.is_empty() {
+        if let Some(tag) = last_tag {
             // Put them back before returning, not when the server gets to
             // the connection's close: a caller that reads the queue next
             // must find them there.
-            give_back(&channel, &queue, letters.len() as u64).await?;
+            give_back(&channel, &queue, tag, letters.len() as u64).await?;
         }
         Ok(letters)
     }
@@ -49,26 +51,15 @@ pub(crate) async fn peek(
     result
 }
 
-/// With `multiple`, delivery tag 0 stands for every delivery of the channel
-/// not yet acknowledged (AMQP 0-9-1, `basic.ack` and `basic.nack`).
-const EVERY_OUTSTANDING_DELIVERY: u64 = 0;
-
 /// How long `give_back` keeps waiting after the count last grew.
 const GIVE_BACK_STALL: Duration = Duration::from_secs(15);
 /// The most `give_back` waits in all, however slowly the count grows.
 const GIVE_BACK_LIMIT: Duration = Duration::from_secs(120);
 
-/// Returns every message `channel` still holds unacknowledged in one nack
-/// (a classic queue puts them back at their original positions), then waits
-/// until `queue` counts at least `expected` messages again. The channel must
-/// have no consumer left, or the broker would deliver them straight back.
-///
-/// The nack names delivery tag 0 with `multiple`: every outstanding
-/// delivery of the channel. Naming the last tag fetched instead fails the
-/// whole channel when that delivery was acknowledged already (a replay
-/// whose last message was selected): RabbitMQ answers `unknown delivery
-/// tag`, and the rest went back only when the connection closed, after the
-/// operation had returned.
+/// Returns every message fetched unacknowledged on `channel`, up to and
+/// including `last_tag`, in one nack (a classic queue puts them back at
+/// their original positions), then waits until `queue` counts at least
+/// `expected` messages again.
 ///
 /// Why wait: RabbitMQ applies the requeue asynchronously, and a queue
 /// answers the passive declare that counts it ahead of work already in its
@@ -83,11 +74,12 @@ const GIVE_BACK_LIMIT: Duration = Duration::from_secs(120);
 pub(crate) async fn give_back(
     channel: &Channel,
     queue: &str,
+    last_tag: u64,
     expected: u64,
 ) -> Result<(), BrokerError> {
     channel
         .basic_nack(
-            EVERY_OUTSTANDING_DELIVERY,
+            last_tag,
             BasicNackOptions {
                 multiple: true,
                 requeue: true,
