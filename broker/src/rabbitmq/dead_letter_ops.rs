@@ -380,15 +380,12 @@ impl RabbitMqBroker {
                 // A consumer left running would take them straight back;
                 // what it fetched ahead is held too.
                 source.switch_to_get(&channel).await;
-                held_tag = held_tag.max(source.last_tag());
-            }
-            if let Some(tag) = held_tag
-                && report.aborted.is_none()
-            {
-                let left = depth.saturating_sub(report.replayed);
-                if let Err(error) = dead_letters::give_back(&channel, &queue, tag, left).await {
-                    // What was done is done and reported; the close returns them.
-                    tracing::warn!(%error, "returning the unselected dead letters");
+                if let Some(tag) = held_tag.max(source.last_tag()) {
+                    let left = depth.saturating_sub(report.replayed);
+                    if let Err(error) = dead_letters::give_back(&channel, &queue, tag, left).await {
+                        // What was done is done and reported; the close returns them.
+                        tracing::warn!(%error, "returning the unselected dead letters");
+                    }
                 }
             }
             Ok(report)
