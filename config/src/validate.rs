@@ -63,6 +63,12 @@ pub(crate) fn settings(settings: &Settings) -> Result<(), ConfigError> {
         0,
         10_000,
     )?;
+    within(
+        "worker.batch_gap_ms",
+        settings.worker.batch_gap_ms,
+        0,
+        10_000,
+    )?;
     if usize::from(settings.worker.prefetch) < settings.worker.concurrency {
         return invalid(
             "worker.prefetch",

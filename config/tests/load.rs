@@ -111,6 +111,11 @@ fn out_of_range_values_name_the_key_and_value() {
             "60000",
             "worker.batch_wait_ms",
         ),
+        (
+            "FLEET__WORKER__BATCH_GAP_MS",
+            "60000",
+            "worker.batch_gap_ms",
+        ),
         ("FLEET__OUTBOX__BATCH_SIZE", "0", "outbox.batch_size"),
         (
             "FLEET__PAYMENT__CREDIT_LIMIT_CENTS",

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -183,7 +184,9 @@ pub async fn start<H: Handler>(
 const IDLE_AFTER: Duration = Duration::from_millis(100);
 
 /// A batch: `first`, whatever is already fetched, and what arrives within
-/// `wait`, up to `max_batch` deliveries.
+/// `wait`, up to `max_batch` deliveries; and, while the replica holds fewer
+/// than `window` deliveries (the prefetch), only until none has come for
+/// `gap` (zero: wait out the whole `wait`).
 ///
 /// Why wait at all: between idle and saturated, deliveries arrive a few
 /// milliseconds apart, each finds a free slot, and each costs a
@@ -199,11 +202,26 @@ const IDLE_AFTER: Duration = Duration::from_millis(100);
 /// its delivery starts at once. The default is 10 ms: at 610/s its p99 was
 /// 97-109 ms in four runs, 5 ms gave 88-245 ms (five of nine within 150),
 /// and it sustained 1,373-1,459 sagas/s against 1,202-1,226.
+///
+/// Why the gap: deliveries come in bursts, one per upstream relay batch,
+/// each within a millisecond or two, so once a burst is in, the rest of the
+/// wait only delays it. Closing the batch after a 4 ms pause keeps each
+/// burst together (2 ms split them, for more commits and a worse tail). A
+/// pause means the burst is over only while the broker may send more: a
+/// replica holding its whole prefetch gets nothing until a batch commits
+/// and acknowledges, so then the batch waits for that instead (applied
+/// regardless, the gap cost 4-7% of the sustained rate in three pairs of
+/// runs; with this rule about 3%, over nine). At 650/s on RabbitMQ, one
+/// replica per worker, a saga's p50 went from 63-81 to 54-65 ms and its
+/// p99 from 90-220 to 82-97 ms (eight and nine alternating runs,
+/// 2026-12-08; docs/benchmarks.md).
 async fn gather(
     consumer: &mut Consumer,
     first: Delivery,
     max_batch: usize,
     wait: Duration,
+    gap: Duration,
+    held: &Held,
     shutdown: &CancellationToken,
 ) -> Vec<Delivery> {
     let mut batch = vec![first];
@@ -217,18 +235,42 @@ async fn gather(
         return batch;
     }
     let deadline = tokio::time::Instant::now() + wait;
+    let mut last_arrival = tokio::time::Instant::now();
     while batch.len() < max_batch {
+        let until = if gap.is_zero() || held.window_full(batch.len()) {
+            deadline
+        } else {
+            deadline.min(last_arrival + gap)
+        };
         tokio::select! {
             // Shutdown handles what is fetched; no reason to wait for more.
             () = shutdown.cancelled() => break,
-            next = tokio::time::timeout_at(deadline, consumer.next()) => match next {
-                Ok(Some(delivery)) => batch.push(delivery),
+            next = tokio::time::timeout_at(until, consumer.next()) => match next {
+                Ok(Some(delivery)) => {
+                    batch.push(delivery);
+                    last_arrival = tokio::time::Instant::now();
+                }
                 // The wait is over, or the consumer closed.
                 Ok(None) | Err(_) => break,
             },
         }
     }
     batch
+}
+
+/// Deliveries a replica holds in batches being handled: unacknowledged,
+/// so they count against the prefetch.
+struct Held {
+    deliveries: AtomicUsize,
+    window: usize,
+}
+
+impl Held {
+    /// Whether the broker has no room to send more to a replica that also
+    /// holds `gathering` deliveries in the batch it is filling.
+    fn window_full(&self, gathering: usize) -> bool {
+        self.deliveries.load(Ordering::Relaxed) + gathering >= self.window
+    }
 }
 
 /// Takes deliveries and processes up to `worker.concurrency` batches at
@@ -252,6 +294,11 @@ async fn consume<H: Handler>(
     let permits = Arc::new(Semaphore::new(settings.worker.concurrency));
     let max_batch = settings.worker.max_batch;
     let batch_wait = settings.worker.batch_wait();
+    let batch_gap = settings.worker.batch_gap();
+    let held = Arc::new(Held {
+        deliveries: AtomicUsize::new(0),
+        window: usize::from(settings.worker.prefetch),
+    });
     // When this replica last started a batch.
     let mut last_batch: Option<tokio::time::Instant> = None;
     let mut in_flight = JoinSet::new();
@@ -278,11 +325,24 @@ async fn consume<H: Handler>(
         let busy = !in_flight.is_empty()
             || last_batch.is_some_and(|started| started.elapsed() < IDLE_AFTER);
         let wait = if busy { batch_wait } else { Duration::ZERO };
-        let batch = gather(&mut consumer, first, max_batch, wait, &shutdown).await;
+        let batch = gather(
+            &mut consumer,
+            first,
+            max_batch,
+            wait,
+            batch_gap,
+            &held,
+            &shutdown,
+        )
+        .await;
         last_batch = Some(tokio::time::Instant::now());
         let processor = processor.clone();
+        let held = held.clone();
+        let size = batch.len();
+        held.deliveries.fetch_add(size, Ordering::Relaxed);
         in_flight.spawn(async move {
             processor.process_batch(batch).await;
+            held.deliveries.fetch_sub(size, Ordering::Relaxed);
             drop(permit);
         });
         while in_flight.try_join_next().is_some() {}

@@ -28,6 +28,7 @@ on_both_transports!(
     order_batches_move_each_order_once_and_refuse_strangers,
     a_batch_of_terminal_orders_notifies_each_once,
     a_busy_replica_gathers_deliveries_that_trickle_in_into_one_transaction,
+    a_pause_longer_than_the_batch_gap_closes_the_batch,
 );
 
 const ORDERS: usize = 400;
@@ -660,7 +661,7 @@ const TRICKLE_GAP: Duration = Duration::from_millis(30);
 async fn a_busy_replica_gathers_deliveries_that_trickle_in_into_one_transaction(
     transport: &'static str,
 ) {
-    let waiting = trickle(transport, "5000").await;
+    let waiting = trickle(transport, "5000", "0").await;
     assert_eq!(
         waiting.transactions, 1,
         "with a batch wait the trickled events share one transaction"
@@ -671,10 +672,28 @@ async fn a_busy_replica_gathers_deliveries_that_trickle_in_into_one_transaction(
         waiting.idle_handled_in
     );
 
-    let eager = trickle(transport, "0").await;
+    let eager = trickle(transport, "0", "0").await;
     assert!(
         eager.transactions > 1,
         "without a batch wait the trickled events went in one transaction"
+    );
+}
+
+/// `worker.batch_gap_ms` closes a filling batch once deliveries stop
+/// coming, before `worker.batch_wait_ms` is over: events that keep arriving
+/// within the gap still share one transaction, and a pause longer than the
+/// gap starts the batch at once.
+async fn a_pause_longer_than_the_batch_gap_closes_the_batch(transport: &'static str) {
+    let within_gap = trickle(transport, "10000", "3000").await;
+    assert_eq!(
+        within_gap.transactions, 1,
+        "events {TRICKLE_GAP:?} apart, within a 3 s gap, were split"
+    );
+
+    let beyond_gap = trickle(transport, "5000", "5").await;
+    assert!(
+        beyond_gap.transactions > 1,
+        "events {TRICKLE_GAP:?} apart, beyond a 5 ms gap, waited for one another"
     );
 }
 
@@ -685,13 +704,14 @@ struct Trickled {
     idle_handled_in: Duration,
 }
 
-async fn trickle(transport: &'static str, batch_wait_ms: &str) -> Trickled {
+async fn trickle(transport: &'static str, batch_wait_ms: &str, batch_gap_ms: &str) -> Trickled {
     let mut fleet = Fleet::with_settings(
         transport,
         &[
             ("FLEET__WORKER__CONCURRENCY", "4"),
             ("FLEET__WORKER__MAX_BATCH", &TRICKLE.to_string()),
             ("FLEET__WORKER__BATCH_WAIT_MS", batch_wait_ms),
+            ("FLEET__WORKER__BATCH_GAP_MS", batch_gap_ms),
         ],
     )
     .await;
