@@ -135,9 +135,9 @@ pub struct WorkerSettings {
     pub max_batch: usize,
     /// How long a busy replica waits to fill a batch; 0 never waits.
     pub batch_wait_ms: u64,
-    /// A filling batch closes once no delivery has come for this long, even
-    /// within `batch_wait_ms`, unless the replica holds its whole prefetch;
-    /// 0 waits out the whole `batch_wait_ms`.
+    /// A filling batch of a replica with no other batch in flight closes
+    /// once no delivery has come for this long, even within
+    /// `batch_wait_ms`; 0 waits out the whole `batch_wait_ms`.
     pub batch_gap_ms: u64,
     pub shutdown_timeout_ms: u64,
     pub max_relay_lag_ms: u64,

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -184,9 +183,8 @@ pub async fn start<H: Handler>(
 const IDLE_AFTER: Duration = Duration::from_millis(100);
 
 /// A batch: `first`, whatever is already fetched, and what arrives within
-/// `wait`, up to `max_batch` deliveries; and, while the replica holds fewer
-/// than `window` deliveries (the prefetch), only until none has come for
-/// `gap` (zero: wait out the whole `wait`).
+/// `wait`, up to `max_batch` deliveries; with a non-zero `gap`, only until
+/// no delivery has come for that long.
 ///
 /// Why wait at all: between idle and saturated, deliveries arrive a few
 /// milliseconds apart, each finds a free slot, and each costs a
@@ -203,25 +201,15 @@ const IDLE_AFTER: Duration = Duration::from_millis(100);
 /// 97-109 ms in four runs, 5 ms gave 88-245 ms (five of nine within 150),
 /// and it sustained 1,373-1,459 sagas/s against 1,202-1,226.
 ///
-/// Why the gap: deliveries come in bursts, one per upstream relay batch,
-/// each within a millisecond or two, so once a burst is in, the rest of the
-/// wait only delays it. Closing the batch after a 4 ms pause keeps each
-/// burst together (2 ms split them, for more commits and a worse tail). A
-/// pause means the burst is over only while the broker may send more: a
-/// replica holding its whole prefetch gets nothing until a batch commits
-/// and acknowledges, so then the batch waits for that instead (applied
-/// regardless, the gap cost 4-7% of the sustained rate in three pairs of
-/// runs; with this rule about 3%, over nine). At 650/s on RabbitMQ, one
-/// replica per worker, a saga's p50 went from 63-81 to 54-65 ms and its
-/// p99 from 90-220 to 82-97 ms (eight and nine alternating runs,
-/// 2026-12-08; docs/benchmarks.md).
+/// Why a gap, and when (see [`consume`]): deliveries come in bursts, one
+/// per upstream relay batch, each within a millisecond or two, so once a
+/// burst is in, the rest of the wait only delays it.
 async fn gather(
     consumer: &mut Consumer,
     first: Delivery,
     max_batch: usize,
     wait: Duration,
     gap: Duration,
-    held: &Held,
     shutdown: &CancellationToken,
 ) -> Vec<Delivery> {
     let mut batch = vec![first];
@@ -237,7 +225,7 @@ async fn gather(
     let deadline = tokio::time::Instant::now() + wait;
     let mut last_arrival = tokio::time::Instant::now();
     while batch.len() < max_batch {
-        let until = if gap.is_zero() || held.window_full(batch.len()) {
+        let until = if gap.is_zero() {
             deadline
         } else {
             deadline.min(last_arrival + gap)
@@ -258,21 +246,6 @@ async fn gather(
     batch
 }
 
-/// Deliveries a replica holds in batches being handled: unacknowledged,
-/// so they count against the prefetch.
-struct Held {
-    deliveries: AtomicUsize,
-    window: usize,
-}
-
-impl Held {
-    /// Whether the broker has no room to send more to a replica that also
-    /// holds `gathering` deliveries in the batch it is filling.
-    fn window_full(&self, gathering: usize) -> bool {
-        self.deliveries.load(Ordering::Relaxed) + gathering >= self.window
-    }
-}
-
 /// Takes deliveries and processes up to `worker.concurrency` batches at
 /// once. A slot takes the next delivery and whatever else is already
 /// fetched (up to `worker.max_batch`): on an idle replica that is one
@@ -281,6 +254,19 @@ impl Held {
 /// together, one commit for all. Between the two, when another batch is
 /// in flight or started less than [`IDLE_AFTER`] ago, a free slot waits up
 /// to `worker.batch_wait_ms` for more (see [`gather`]).
+///
+/// When no other batch is in flight, that wait also ends once no delivery
+/// has come for `worker.batch_gap_ms` (4 ms): the burst is in. A 4 ms gap
+/// keeps bursts together where 2 ms split them (more commits, a worse
+/// tail). Applied to every batch, it took 5-15 ms off a RabbitMQ saga's
+/// p50 at 650/s, one replica per worker, and its p99 from 90-253 to
+/// 82-120 ms (19 alternating pairs, 2026-12-08). But with half a core taken
+/// by another process three runs of eight went over 500 ms, against one
+/// of nine without the gap: a loaded replica then made more, smaller
+/// commits, and fell behind. With a batch in flight the replica is loaded,
+/// so then it waits the whole wait and merges bursts, as before the gap.
+/// Under that load the gap no longer hurt (p99 126-155 ms against 124-497)
+/// (docs/benchmarks.md).
 ///
 /// On shutdown: stop fetching, process what was already fetched, wait for
 /// in-flight work (up to `worker.shutdown_timeout_ms`), then close. Anything
@@ -295,10 +281,6 @@ async fn consume<H: Handler>(
     let max_batch = settings.worker.max_batch;
     let batch_wait = settings.worker.batch_wait();
     let batch_gap = settings.worker.batch_gap();
-    let held = Arc::new(Held {
-        deliveries: AtomicUsize::new(0),
-        window: usize::from(settings.worker.prefetch),
-    });
     // When this replica last started a batch.
     let mut last_batch: Option<tokio::time::Instant> = None;
     let mut in_flight = JoinSet::new();
@@ -325,24 +307,19 @@ async fn consume<H: Handler>(
         let busy = !in_flight.is_empty()
             || last_batch.is_some_and(|started| started.elapsed() < IDLE_AFTER);
         let wait = if busy { batch_wait } else { Duration::ZERO };
-        let batch = gather(
-            &mut consumer,
-            first,
-            max_batch,
-            wait,
-            batch_gap,
-            &held,
-            &shutdown,
-        )
-        .await;
+        // With a batch still in flight the replica is loaded: merging the
+        // next bursts into one commit is what keeps it from falling
+        // behind. Once its batches are done, a burst goes as soon as it is in.
+        let gap = if in_flight.is_empty() {
+            batch_gap
+        } else {
+            Duration::ZERO
+        };
+        let batch = gather(&mut consumer, first, max_batch, wait, gap, &shutdown).await;
         last_batch = Some(tokio::time::Instant::now());
         let processor = processor.clone();
-        let held = held.clone();
-        let size = batch.len();
-        held.deliveries.fetch_add(size, Ordering::Relaxed);
         in_flight.spawn(async move {
             processor.process_batch(batch).await;
-            held.deliveries.fetch_sub(size, Ordering::Relaxed);
             drop(permit);
         });
         while in_flight.try_join_next().is_some() {}

@@ -679,22 +679,109 @@ async fn a_busy_replica_gathers_deliveries_that_trickle_in_into_one_transaction(
     );
 }
 
-/// `worker.batch_gap_ms` closes a filling batch once deliveries stop
-/// coming, before `worker.batch_wait_ms` is over: events that keep arriving
-/// within the gap still share one transaction, and a pause longer than the
-/// gap starts the batch at once.
+/// `worker.batch_gap_ms`: a replica with no batch in flight (its last one
+/// started under 100 ms ago, so it still waits to fill the next) closes a
+/// filling batch once deliveries stop coming for the gap, long before
+/// `worker.batch_wait_ms` is over. Events that keep arriving within the gap
+/// still share one transaction.
 async fn a_pause_longer_than_the_batch_gap_closes_the_batch(transport: &'static str) {
-    let within_gap = trickle(transport, "10000", "3000").await;
-    assert_eq!(
-        within_gap.transactions, 1,
-        "events {TRICKLE_GAP:?} apart, within a 3 s gap, were split"
-    );
-
-    let beyond_gap = trickle(transport, "5000", "5").await;
+    // The first event finds the replica idle and goes alone; the rest wait
+    // for one another, all of them within a 3 s gap.
+    let within_gap = trickle_to_a_free_replica(transport, "3000").await;
     assert!(
-        beyond_gap.transactions > 1,
-        "events {TRICKLE_GAP:?} apart, beyond a 5 ms gap, waited for one another"
+        within_gap <= 2,
+        "events {FREE_TRICKLE_GAP:?} apart, within a 3 s gap, took {within_gap} transactions"
     );
+    // Each handled before the next comes, so each batch closes 5 ms after
+    // its event; at most an event that found the last batch still in
+    // flight waits the whole wait for the rest.
+    let beyond_gap = trickle_to_a_free_replica(transport, "5").await;
+    assert!(
+        beyond_gap >= 3,
+        "events {FREE_TRICKLE_GAP:?} apart, beyond a 5 ms gap, took only {beyond_gap} transactions"
+    );
+}
+
+/// Apart enough for one notification's batch to end before the next event
+/// comes, and under the 100 ms after which a replica counts as idle.
+const FREE_TRICKLE_GAP: Duration = Duration::from_millis(50);
+
+/// Transactions that [`TRICKLE`] events, [`FREE_TRICKLE_GAP`] apart, took
+/// on a replica with nothing else to do and a 10 s batch wait.
+async fn trickle_to_a_free_replica(transport: &'static str, batch_gap_ms: &str) -> i64 {
+    let mut fleet = Fleet::with_settings(
+        transport,
+        &[
+            ("FLEET__WORKER__CONCURRENCY", "4"),
+            ("FLEET__WORKER__MAX_BATCH", &TRICKLE.to_string()),
+            ("FLEET__WORKER__BATCH_WAIT_MS", "10000"),
+            ("FLEET__WORKER__BATCH_GAP_MS", batch_gap_ms),
+        ],
+    )
+    .await;
+    fleet.add::<NotificationWorker>(1).await;
+    let db = fleet.ctx.db.clone();
+    // Warm up (the first transaction opens connections and plans
+    // statements), then leave the replica idle again.
+    fleet.submit(&[confirmed_order(Uuid::now_v7())]).await;
+    notified(&db, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut trickled = Vec::new();
+    for _ in 0..TRICKLE {
+        let order_id = Uuid::now_v7();
+        trickled.push(order_id);
+        fleet.submit(&[confirmed_order(order_id)]).await;
+        tokio::time::sleep(FREE_TRICKLE_GAP).await;
+    }
+    notified(&db, 1 + TRICKLE as i64).await;
+    let transactions = transactions_of(&db, &trickled).await;
+    fleet.stop().await;
+    transactions
+}
+
+fn confirmed_order(order_id: Uuid) -> Envelope {
+    Envelope::new(
+        "test",
+        EventData::from(OrderConfirmed {
+            order_id,
+            total_cents: 500,
+        }),
+        order_id,
+        None,
+    )
+}
+
+/// Waits until exactly `expected` notifications are recorded.
+async fn notified(db: &sqlx::PgPool, expected: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM notification_worker.notifications")
+                .fetch_one(db)
+                .await
+                .unwrap();
+        if count >= expected {
+            assert_eq!(count, expected);
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{count} of {expected} notified"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Transactions that recorded the notifications of `order_ids`.
+async fn transactions_of(db: &sqlx::PgPool, order_ids: &[Uuid]) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM notification_worker.notifications
+         WHERE order_id = ANY($1)",
+    )
+    .bind(order_ids)
+    .fetch_one(db)
+    .await
+    .unwrap()
 }
 
 struct Trickled {
@@ -717,44 +804,11 @@ async fn trickle(transport: &'static str, batch_wait_ms: &str, batch_gap_ms: &st
     .await;
     fleet.add::<NotificationWorker>(1).await;
     let db = fleet.ctx.db.clone();
-    let confirmed = |order_id: Uuid| {
-        Envelope::new(
-            "test",
-            EventData::from(OrderConfirmed {
-                order_id,
-                total_cents: 500,
-            }),
-            order_id,
-            None,
-        )
-    };
-    let notified = |expected: i64| {
-        let db = db.clone();
-        async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                let count: i64 =
-                    sqlx::query_scalar("SELECT count(*) FROM notification_worker.notifications")
-                        .fetch_one(&db)
-                        .await
-                        .unwrap();
-                if count >= expected {
-                    assert_eq!(count, expected);
-                    return;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{count} of {expected} notified"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
 
     // Idle: nothing in flight, so no wait.
     let started = tokio::time::Instant::now();
-    fleet.submit(&[confirmed(Uuid::now_v7())]).await;
-    notified(1).await;
+    fleet.submit(&[confirmed_order(Uuid::now_v7())]).await;
+    notified(&db, 1).await;
     let idle_handled_in = started.elapsed();
 
     // Busy: one event's insert waits for the test's uncommitted row.
@@ -768,7 +822,7 @@ async fn trickle(transport: &'static str, batch_wait_ms: &str, batch_gap_ms: &st
     .execute(&mut *lock)
     .await
     .unwrap();
-    fleet.submit(&[confirmed(blocked)]).await;
+    fleet.submit(&[confirmed_order(blocked)]).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let waiting: i64 = sqlx::query_scalar(
@@ -792,21 +846,14 @@ async fn trickle(transport: &'static str, batch_wait_ms: &str, batch_gap_ms: &st
     for _ in 0..TRICKLE {
         let order_id = Uuid::now_v7();
         trickled.push(order_id);
-        fleet.submit(&[confirmed(order_id)]).await;
+        fleet.submit(&[confirmed_order(order_id)]).await;
         tokio::time::sleep(TRICKLE_GAP).await;
     }
-    notified(1 + TRICKLE as i64).await;
+    notified(&db, 1 + TRICKLE as i64).await;
     lock.rollback().await.unwrap();
-    notified(2 + TRICKLE as i64).await;
+    notified(&db, 2 + TRICKLE as i64).await;
 
-    let transactions: i64 = sqlx::query_scalar(
-        "SELECT count(DISTINCT xmin::text) FROM notification_worker.notifications
-         WHERE order_id = ANY($1)",
-    )
-    .bind(&trickled)
-    .fetch_one(&db)
-    .await
-    .unwrap();
+    let transactions = transactions_of(&db, &trickled).await;
     fleet.stop().await;
     Trickled {
         transactions,
