@@ -260,9 +260,9 @@ async fn gather(
 /// keeps bursts together where 2 ms split them (more commits, a worse
 /// tail). Applied to every batch, it took 5-15 ms off a RabbitMQ saga's
 /// p50 at 650/s, one replica per worker, and its p99 from 90-253 to
-/// 82-120 ms (19 alternating pairs, 2026-12-08). But with half a core taken
-/// by another process three runs of eight went over 500 ms, against one
-/// of nine without the gap: a loaded replica then made more, smaller
+/// 82-120 ms (18 alternating pairs, 2026-12-08). But with half a core taken
+/// by another process three runs of eight went over 500 ms, against none
+/// of eight without the gap: a loaded replica then made more, smaller
 /// commits, and fell behind. With a batch in flight the replica is loaded,
 /// so then it waits the whole wait and merges bursts, as before the gap.
 /// Under that load the gap no longer hurt (p99 126-155 ms against 124-497)
