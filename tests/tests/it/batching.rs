@@ -709,34 +709,48 @@ const FREE_TRICKLE_GAP: Duration = Duration::from_millis(50);
 /// Transactions that [`TRICKLE`] events, [`FREE_TRICKLE_GAP`] apart, took
 /// on a replica with nothing else to do and a 10 s batch wait.
 async fn trickle_to_a_free_replica(transport: &'static str, batch_gap_ms: &str) -> i64 {
-    let mut fleet = Fleet::with_settings(
-        transport,
-        &[
-            ("FLEET__WORKER__CONCURRENCY", "4"),
-            ("FLEET__WORKER__MAX_BATCH", &TRICKLE.to_string()),
-            ("FLEET__WORKER__BATCH_WAIT_MS", "10000"),
-            ("FLEET__WORKER__BATCH_GAP_MS", batch_gap_ms),
-        ],
-    )
-    .await;
-    fleet.add::<NotificationWorker>(1).await;
+    let fleet = trickle_fleet(transport, "10000", batch_gap_ms).await;
     let db = fleet.ctx.db.clone();
     // Warm up (the first transaction opens connections and plans
     // statements), then leave the replica idle again.
     fleet.submit(&[confirmed_order(Uuid::now_v7())]).await;
     notified(&db, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let trickled = submit_trickle(&fleet, FREE_TRICKLE_GAP).await;
+    notified(&db, 1 + TRICKLE as i64).await;
+    let transactions = transactions_of(&db, &trickled).await;
+    fleet.stop().await;
+    transactions
+}
+
+/// One notification replica with four slots, batches of up to
+/// [`TRICKLE`], and the given batch wait and gap.
+async fn trickle_fleet(transport: &'static str, batch_wait_ms: &str, batch_gap_ms: &str) -> Fleet {
+    let mut fleet = Fleet::with_settings(
+        transport,
+        &[
+            ("FLEET__WORKER__CONCURRENCY", "4"),
+            ("FLEET__WORKER__MAX_BATCH", &TRICKLE.to_string()),
+            ("FLEET__WORKER__BATCH_WAIT_MS", batch_wait_ms),
+            ("FLEET__WORKER__BATCH_GAP_MS", batch_gap_ms),
+        ],
+    )
+    .await;
+    fleet.add::<NotificationWorker>(1).await;
+    fleet
+}
+
+/// Publishes [`TRICKLE`] `order.confirmed` events one at a time, `gap`
+/// apart; their order ids.
+async fn submit_trickle(fleet: &Fleet, gap: Duration) -> Vec<Uuid> {
     let mut trickled = Vec::new();
     for _ in 0..TRICKLE {
         let order_id = Uuid::now_v7();
         trickled.push(order_id);
         fleet.submit(&[confirmed_order(order_id)]).await;
-        tokio::time::sleep(FREE_TRICKLE_GAP).await;
+        tokio::time::sleep(gap).await;
     }
-    notified(&db, 1 + TRICKLE as i64).await;
-    let transactions = transactions_of(&db, &trickled).await;
-    fleet.stop().await;
-    transactions
+    trickled
 }
 
 fn confirmed_order(order_id: Uuid) -> Envelope {
@@ -792,17 +806,7 @@ struct Trickled {
 }
 
 async fn trickle(transport: &'static str, batch_wait_ms: &str, batch_gap_ms: &str) -> Trickled {
-    let mut fleet = Fleet::with_settings(
-        transport,
-        &[
-            ("FLEET__WORKER__CONCURRENCY", "4"),
-            ("FLEET__WORKER__MAX_BATCH", &TRICKLE.to_string()),
-            ("FLEET__WORKER__BATCH_WAIT_MS", batch_wait_ms),
-            ("FLEET__WORKER__BATCH_GAP_MS", batch_gap_ms),
-        ],
-    )
-    .await;
-    fleet.add::<NotificationWorker>(1).await;
+    let fleet = trickle_fleet(transport, batch_wait_ms, batch_gap_ms).await;
     let db = fleet.ctx.db.clone();
 
     // Idle: nothing in flight, so no wait.
@@ -842,13 +846,7 @@ async fn trickle(transport: &'static str, batch_wait_ms: &str, batch_gap_ms: &st
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    let mut trickled = Vec::new();
-    for _ in 0..TRICKLE {
-        let order_id = Uuid::now_v7();
-        trickled.push(order_id);
-        fleet.submit(&[confirmed_order(order_id)]).await;
-        tokio::time::sleep(TRICKLE_GAP).await;
-    }
+    let trickled = submit_trickle(&fleet, TRICKLE_GAP).await;
     notified(&db, 1 + TRICKLE as i64).await;
     lock.rollback().await.unwrap();
     notified(&db, 2 + TRICKLE as i64).await;
